@@ -1,0 +1,17 @@
+"""Environment variables read by the model core, typed, in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def quietstar_home() -> Path:
+    """QUIETSTAR_HOME: where converted models are cached (default ~/.cache/quietstar)."""
+    return Path(os.environ.get("QUIETSTAR_HOME", "~/.cache/quietstar")).expanduser()
+
+
+def num_threads() -> int | None:
+    """QUIETSTAR_NUM_THREADS: torch intra-op threads (unset: torch's default)."""
+    value = os.environ.get("QUIETSTAR_NUM_THREADS")
+    return int(value) if value else None
