@@ -1,0 +1,141 @@
+"""Tokenwise-parallel thought forward (spec §3.3–§3.4): a thought at every position at once.
+
+Iteration 0 is the ordinary causal pass. Iteration k >= 1 feeds one token per position (START,
+the sampled thought tokens, END, then the teacher-forced true tokens) at position id i + k.
+A query of iteration k sees the real tokens x_<=i and exactly one key per earlier iteration (its
+own branch): the "causal | diag | ... | diag" mask, computed here without materialising the
+diagonal blocks (the paper appendix's elementwise trick). Thoughts never see other positions'
+thoughts; real tokens never see thoughts. The trainer (with gradients) and the engine's scoring
+(without) both call `parallel_thought_forward`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .llama import sdpa
+from .model import END_THOUGHT, START_THOUGHT, QuietStarModel
+
+
+class ParallelThoughtAttention:
+    """Keys: block 0 = the real tokens (causal, padding masked); blocks 1..k = one key each."""
+
+    def __init__(self, num_layers: int, key_mask: torch.Tensor | None):
+        self.key_mask = key_mask  # (B, T) bool
+        self.block0: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self.diag: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(num_layers)]
+
+    def attend(self, layer: int, q, k, v):
+        if self.block0[layer] is None:
+            self.block0[layer] = (k, v)
+            T = q.shape[1]
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            if self.key_mask is not None:
+                mask = mask & self.key_mask[:, None, None, :]
+            return sdpa(q, k, v, mask)
+        self.diag[layer].append((k, v))
+        return self._branch_attend(layer, q)
+
+    def _branch_attend(self, layer: int, q):
+        k0, v0 = self.block0[layer]  # (B, T, KVH, D)
+        kd = torch.stack([k for k, _ in self.diag[layer]], dim=1)  # (B, n, T, KVH, D)
+        vd = torch.stack([v for _, v in self.diag[layer]], dim=1)
+        B, T, H, D = q.shape
+        kvh = k0.shape[2]
+        qg = q.view(B, T, kvh, H // kvh, D)  # (B, T, KVH, G, D)
+        scale = 1.0 / math.sqrt(D)
+        s0 = torch.einsum("bikgd,bjkd->bkgij", qg, k0) * scale  # (B, KVH, G, T, T)
+        allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        if self.key_mask is not None:
+            allowed = allowed & self.key_mask[:, None, None, None, :]
+        s0 = s0.masked_fill(~allowed, float("-inf"))
+        sd = torch.einsum("bikgd,bnikd->bkgin", qg, kd) * scale  # (B, KVH, G, T, n)
+        p = torch.softmax(torch.cat((s0.float(), sd.float()), dim=-1), dim=-1).to(q.dtype)
+        p0, pd = p[..., :T], p[..., T:]
+        out = torch.einsum("bkgij,bjkd->bikgd", p0, v0) + torch.einsum("bkgin,bnikd->bikgd", pd, vd)
+        return out.reshape(B, T, H, D)
+
+
+@dataclass
+class ParallelThoughtOutput:
+    h_base: torch.Tensor  # (B, T, d)
+    base_logits: torch.Tensor  # (B, T, V) fp32, meta masked
+    thought_ids: torch.Tensor  # (B, T, L)
+    thought_logprobs: torch.Tensor | None  # (B, T, L) at the reinforce temperature
+    mixed_logits: list[torch.Tensor] = field(default_factory=list)  # per talk offset s: (B, T, V)
+    mixing_weights: list[torch.Tensor] = field(default_factory=list)  # per s: (B, T, 1)
+
+
+def parallel_thought_forward(
+    model: QuietStarModel,
+    ids: torch.Tensor,
+    num_thought_tokens: int,
+    n_talk: int = 1,
+    key_mask: torch.Tensor | None = None,
+    thought_ids: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reinforce_temperature: float | None = None,
+    generator: torch.Generator | None = None,
+) -> ParallelThoughtOutput:
+    """ids (B, T). mixed_logits[s][:, i] predicts x_{i+s+1} after the thought at position i.
+
+    `thought_ids` (B, T, L) forces the thoughts (tests); else they are sampled at `temperature`
+    from the masked logits (spec §3.5). With `reinforce_temperature`, the log-probs of the sampled
+    tokens under softmax(logits / reinforce_temperature) are returned, with gradients (spec §3.6).
+    """
+    B, T = ids.shape
+    attention = ParallelThoughtAttention(model.backbone.num_layers, key_mask)
+    positions = torch.arange(T, device=ids.device).expand(B, T)
+    h_base = model.hidden(ids, positions, attention)  # iteration 0
+    out = ParallelThoughtOutput(h_base, model.logits(h_base), ids.new_zeros(B, T, 0), None)
+    step_input = torch.full_like(ids, START_THOUGHT)
+    sampled, logprobs = [], []
+    for k in range(1, num_thought_tokens + 2 + n_talk):
+        h = model.hidden(step_input, positions + k, attention)
+        if k <= num_thought_tokens:  # output of START / c_{k-1} gives c_k
+            logits = model.logits(h)
+            c = _next_thought(logits, k, thought_ids, temperature, generator)
+            sampled.append(c)
+            if reinforce_temperature is not None:
+                logp = torch.log_softmax(logits / reinforce_temperature, dim=-1)
+                logprobs.append(logp.gather(-1, c[..., None]).squeeze(-1))
+            step_input = c
+        elif k == num_thought_tokens + 1:  # output unused; END is forced next
+            step_input = torch.full_like(ids, END_THOUGHT)
+        else:
+            s = k - num_thought_tokens - 2  # talk offset: this output predicts x_{i+s+1}
+            base = _shift_left(h_base, s)
+            mixed, w = model.mix(base, h)
+            out.mixed_logits.append(mixed)
+            out.mixing_weights.append(w)
+            step_input = _shift_left(ids, s + 1)  # teacher forcing: true x_{i+s+1}
+    if sampled:
+        out.thought_ids = torch.stack(sampled, dim=-1)
+    if logprobs:
+        out.thought_logprobs = torch.stack(logprobs, dim=-1)
+    return out
+
+
+def _next_thought(logits, k, forced, temperature, generator):
+    if forced is not None:
+        return forced[..., k - 1]
+    with torch.no_grad():
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def _shift_left(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x[:, i] <- x[:, i + s]; the wrapped tail is zero and is never scored."""
+    if s == 0:
+        return x
+    return torch.cat((x[:, s:], torch.zeros_like(x[:, :s])), dim=1)
+
+
+def next_token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log p(x_{i+1}) at every position i < T-1: logits (B, T, V), ids (B, T) -> (B, T-1)."""
+    return F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
