@@ -1,0 +1,143 @@
+"""`EvalConfig`: the settings of one evaluation run, validated; the only place reading the env.
+
+Flag help texts live once, in `clients/__main__.py`. A `--thought-tokens` sweep becomes one
+`EvalConfig` per value (`subdir` names its folder under `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+TASKS = ("gsm8k", "csqa")
+PROTOCOLS = ("direct", "paper-soft", "cot", "loglik", "chat")
+VOTING_PROTOCOLS = ("cot", "chat")
+SCORING_PROTOCOLS = ("paper-soft", "loglik")  # teacher-forced: no generated text
+API_KEY_ENV = "QUIETSTAR_API_KEY"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+VOTE_TEMPERATURE = 0.9  # spec §6.2: the CoT votes are sampled at T=0.9
+
+
+class EvalError(Exception):
+    """A user-facing failure (endpoint down, unknown model, bad data): one line, exit code 2."""
+
+
+def default_api_key() -> str:
+    """The API key from $QUIETSTAR_API_KEY, else "EMPTY" (what vLLM-style servers accept)."""
+    return os.environ.get(API_KEY_ENV) or "EMPTY"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    task: str
+    protocol: str = "direct"
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str = "EMPTY"
+    model: str | None = None
+    data_file: str | None = None
+    limit: int | None = None
+    concurrency: int = 4
+    thoughts: bool | None = None
+    thought_tokens: int | None = None
+    votes: int = 1
+    seed: int = 1234
+    max_tokens: int | None = None
+    out: str | None = None
+    subdir: str = ""
+    timeout: float = 600.0
+    max_retries: int = 5
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == "loglik" and self.task != "csqa":
+            raise ValueError("--protocol loglik scores answer options and exists only for csqa")
+        if self.votes < 1:
+            raise ValueError("--votes must be >= 1")
+        if self.votes > 1 and self.protocol not in VOTING_PROTOCOLS:
+            raise ValueError(f"--votes > 1 needs a sampling protocol {VOTING_PROTOCOLS}")
+        if self.thoughts is False and self.thought_tokens is not None:
+            raise ValueError("--thoughts off contradicts --thought-tokens")
+        if self.thought_tokens is not None and self.thought_tokens < 1:
+            raise ValueError("--thought-tokens values must be >= 1 (use 'off' for no thoughts)")
+        for name in ("concurrency", "limit", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.timeout <= 0 or self.max_retries < 0:
+            raise ValueError("--timeout must be > 0 and --max-retries >= 0")
+
+    @property
+    def temperature(self) -> float:
+        """Greedy unless several votes are sampled (spec §6.2)."""
+        return VOTE_TEMPERATURE if self.votes > 1 else 0.0
+
+    @property
+    def thought_controls(self) -> dict[str, Any] | None:
+        """The request's `thoughts` object; None sends no controls, so any endpoint works."""
+        if self.thoughts is None:
+            return None
+        if not self.thoughts:
+            return {"enabled": False}
+        controls: dict[str, Any] = {"enabled": True, "include": True}
+        if self.thought_tokens is not None:
+            controls["tokens"] = self.thought_tokens
+        return controls
+
+    @property
+    def label(self) -> str:
+        """How the thought setting is named in tables and plots."""
+        if self.thoughts is None:
+            return "thoughts=default"
+        if not self.thoughts:
+            return "thoughts=off"
+        return "thoughts=on" + (f",tokens={self.thought_tokens}" if self.thought_tokens else "")
+
+    def out_dir(self, model: str) -> Path:
+        """Where this run's files go: `--out` (plus the sweep subfolder) or a default per model."""
+        base = Path(self.out) if self.out else Path("eval-results") / _safe(model)
+        if not self.out:
+            base = base / f"{self.task}-{self.protocol}"
+        return base / self.subdir if self.subdir else base
+
+    def fingerprint(self, model: str) -> dict[str, Any]:
+        """The settings that must match for a rerun to resume an existing results file."""
+        keys = ("task", "protocol", "data_file", "thoughts", "thought_tokens", "votes", "seed")
+        return {"model": model, "max_tokens": self.max_tokens} | {k: getattr(self, k) for k in keys}
+
+    def public(self) -> dict[str, Any]:
+        """The config as recorded in summaries (the API key is never written)."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def configs_from_args(args: argparse.Namespace) -> list[EvalConfig]:
+    """One config per `--thought-tokens` value ("off" = a thoughts-off run); a sweep puts each
+    run in its own subfolder of `--out`. Raises ValueError on contradictory settings."""
+    common = {
+        f.name: getattr(args, f.name)
+        for f in fields(EvalConfig)
+        if hasattr(args, f.name) and f.name not in ("thoughts", "thought_tokens", "subdir")
+    }
+    values: list[int | str] = args.thought_tokens or []
+    if not values:
+        return [EvalConfig(**common, thoughts=args.thoughts)]
+    configs = []
+    for value in values:
+        off = value == "off"
+        thoughts = False if off else (True if args.thoughts is None else args.thoughts)
+        subdir = f"thoughts-{value}" if len(values) > 1 else ""
+        tokens = None if off else int(value)
+        configs.append(
+            EvalConfig(**common, thoughts=thoughts, thought_tokens=tokens, subdir=subdir)
+        )
+    return configs
