@@ -1,0 +1,34 @@
+"""EngineConfig: start-up settings of the engine (frozen; validated; one help text per knob)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DTYPES = ("bfloat16", "float32", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = field(default="default", metadata={"help": "`default` (embedded SmolLM2-135M-Instruct) or a checkpoint directory"})
+    dtype: str = field(default="bfloat16", metadata={"help": f"backbone dtype: {', '.join(DTYPES)}"})
+    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N"})
+    max_model_len: int = field(default=2048, metadata={"help": "context limit in visible tokens (capped by the model's own)"})
+    max_num_seqs: int = field(default=16, metadata={"help": "sequences decoded at once (KV slots allocated up front)"})
+    max_thought_tokens: int = field(default=32, metadata={"help": "largest thought length a request may ask for"})
+    max_parallel_thoughts: int = field(default=8, metadata={"help": "largest number of parallel thoughts a request may ask for"})
+    seed: int = field(default=0, metadata={"help": "seed for requests that give none"})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("max_model_len", "max_num_seqs", "max_parallel_thoughts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_thought_tokens < 0:
+            raise ValueError(f"max_thought_tokens must be >= 0, got {self.max_thought_tokens}")
+
+    @property
+    def max_thought_len(self) -> int:
+        """Thought KV positions per row: START + max_thought_tokens + END."""
+        return self.max_thought_tokens + 2

@@ -1,0 +1,109 @@
+"""Attention for the engine's two kinds of forward: prefill (one prompt into its slot) and the
+decode step (one token per row: base rows append to their slot's prefix, thought rows to their
+thought branch). Spec §3.4: thoughts see the prefix and themselves only; visible tokens never see
+thoughts. Rows are packed for the linear layers and laid out densely as (slot, column) only for
+attention: column 0 is the slot's base row, columns 1..K its thought rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from quietstar.llama import sdpa
+
+from .kv_cache import KVCache
+
+
+class PrefillAttention:
+    """Writes the prompt's K/V into `slot` at positions [start, start + T) and attends causally."""
+
+    def __init__(self, cache: KVCache, slot: int, start: int):
+        self.cache, self.slot, self.start = cache, slot, start
+
+    def attend(self, layer: int, q, k, v):
+        T, end = q.shape[1], self.start + q.shape[1]
+        K, V = self.cache.k[layer, self.slot], self.cache.v[layer, self.slot]  # (KVH, S, D)
+        K[:, self.start:end] = k[0].transpose(0, 1)
+        V[:, self.start:end] = v[0].transpose(0, 1)
+        keys, values = K[:, :end].transpose(0, 1)[None], V[:, :end].transpose(0, 1)[None]
+        mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(self.start)
+        return sdpa(q, keys, values, mask)
+
+
+@dataclass
+class DecodeBatch:
+    """Index tensors for one decode step over slots 0..n-1 with R columns each."""
+
+    n: int
+    R: int
+    dense_index: torch.Tensor  # (N,) row -> slot * R + column
+    base_rows: torch.Tensor  # (Nb,) packed indices of base rows
+    base_slots: torch.Tensor
+    base_pos: torch.Tensor
+    thought_rows: torch.Tensor  # (Nt,) packed indices of thought rows
+    thought_slots: torch.Tensor
+    thought_cols: torch.Tensor  # thought index within its slot (column - 1)
+    thought_steps: torch.Tensor  # thought KV position being written
+    prefix_len: torch.Tensor  # (n,) prefix length after this step's writes
+    thought_len: torch.Tensor  # (n,) thought length after this step's writes (0: none)
+    max_prefix: int
+    max_thought: int
+
+
+class DecodeAttention:
+    def __init__(self, cache: KVCache, batch: DecodeBatch):
+        self.cache, self.b = cache, batch
+        dev = batch.prefix_len.device
+        self.prefix_mask = torch.arange(batch.max_prefix, device=dev) < batch.prefix_len[:, None]
+        self.thought_mask = torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
+
+    def _write(self, layer: int, k, v) -> None:
+        b, c = self.b, self.cache
+        if len(b.base_rows):
+            c.k[layer][b.base_slots, :, b.base_pos] = k[b.base_rows]
+            c.v[layer][b.base_slots, :, b.base_pos] = v[b.base_rows]
+        if len(b.thought_rows):
+            c.tk[layer][b.thought_slots, b.thought_cols, :, b.thought_steps] = k[b.thought_rows]
+            c.tv[layer][b.thought_slots, b.thought_cols, :, b.thought_steps] = v[b.thought_rows]
+
+    def attend(self, layer: int, q, k, v):
+        b = self.b
+        q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
+        self._write(layer, k, v)
+        H, D = q.shape[1:]
+        kvh = k.shape[1]
+        g = H // kvh
+        qd = q.new_zeros(b.n * b.R, H, D)
+        qd[b.dense_index] = q
+        qd = qd.view(b.n, b.R, kvh, g, D).permute(0, 2, 1, 3, 4)  # (n, KVH, R, G, D)
+        scale = 1.0 / math.sqrt(D)
+        Kp = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
+        Vp = self.cache.v[layer, : b.n, :, : b.max_prefix]
+        sp = torch.matmul(qd.reshape(b.n, kvh, b.R * g, D), Kp.transpose(-1, -2)) * scale
+        sp = sp.float().masked_fill(~self.prefix_mask[:, None, None, :], float("-inf"))
+        if b.max_thought == 0:
+            p = torch.softmax(sp, dim=-1).to(q.dtype)
+            out = torch.matmul(p, Vp).view(b.n, kvh, b.R, g, D)
+        else:
+            out = self._with_thoughts(layer, qd, sp, Vp, scale)
+        out = out.permute(0, 2, 1, 3, 4).reshape(b.n * b.R, H, D)
+        return out[b.dense_index][None]
+
+    def _with_thoughts(self, layer: int, qd, sp, Vp, scale):
+        b = self.b
+        n, kvh, R, g, D = qd.shape
+        Kt = self.cache.tk[layer, :n, : R - 1, :, : b.max_thought]  # (n, R-1, KVH, T, D)
+        Vt = self.cache.tv[layer, :n, : R - 1, :, : b.max_thought]
+        st = torch.einsum("nkrgd,nrktd->nkrgt", qd[:, :, 1:], Kt).float() * scale
+        st = st.masked_fill(~self.thought_mask[:, None, None, None, :], float("-inf"))
+        base_col = st.new_full((n, kvh, 1, g, b.max_thought), float("-inf"))
+        st = torch.cat((base_col, st), dim=2)  # (n, KVH, R, G, T): base rows see no thoughts
+        scores = torch.cat((sp.view(n, kvh, R, g, -1), st), dim=-1)
+        p = torch.softmax(scores, dim=-1).to(qd.dtype)
+        pp, pt = p[..., : b.max_prefix], p[..., b.max_prefix:]
+        out = torch.matmul(pp.reshape(n, kvh, R * g, -1), Vp).view(n, kvh, R, g, D)
+        thought_out = torch.einsum("nkrgt,nrktd->nkrgd", pt[:, :, 1:], Vt)
+        return torch.cat((out[:, :, :1], out[:, :, 1:] + thought_out), dim=2)
