@@ -16,7 +16,6 @@ from clients.config import (
     TASKS,
     EvalError,
     configs_from_args,
-    default_api_key,
 )
 
 TASK_HELP = {
@@ -131,7 +130,7 @@ def _eval_options() -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="run folder; rerunning with the same folder resumes "
-        "(default eval-results/MODEL/TASK-PROTOCOL)",
+        "(default eval-results/MODEL/TASK-PROTOCOL/THOUGHTS)",
     )
     return parser
 
@@ -189,7 +188,6 @@ def _evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from clients.results import markdown_table
     from clients.runner import run_sweep
 
-    args.api_key = args.api_key or default_api_key()
     try:
         configs = configs_from_args(args)
     except ValueError as exc:

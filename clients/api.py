@@ -127,6 +127,8 @@ class ApiClient:
         detail = error_message(response)
         if response.status_code in (401, 403):
             hint = "check --api-key / $QUIETSTAR_API_KEY"
+        elif response.status_code in RETRY_STATUS:
+            hint = f"still failing after {self.max_retries} retries"
         elif response.status_code == 404 and model is not None:
             hint = f"unknown model {model!r} or route; see GET {self.base_url}/models"
         else:

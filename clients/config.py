@@ -99,12 +99,18 @@ class EvalConfig:
             return "thoughts=off"
         return "thoughts=on" + (f",tokens={self.thought_tokens}" if self.thought_tokens else "")
 
+    @property
+    def slug(self) -> str:
+        """The thought setting as a folder name: thoughts-default, -off, -on or -N."""
+        if self.thoughts is None or not self.thoughts:
+            return "thoughts-default" if self.thoughts is None else "thoughts-off"
+        return f"thoughts-{self.thought_tokens}" if self.thought_tokens else "thoughts-on"
+
     def out_dir(self, model: str) -> Path:
-        """Where this run's files go: `--out` (plus the sweep subfolder) or a default per model."""
-        base = Path(self.out) if self.out else Path("eval-results") / _safe(model)
-        if not self.out:
-            base = base / f"{self.task}-{self.protocol}"
-        return base / self.subdir if self.subdir else base
+        """`--out` (plus the sweep subfolder), or eval-results/MODEL/TASK-PROTOCOL/SLUG."""
+        if self.out:
+            return Path(self.out) / self.subdir
+        return Path("eval-results", _safe(model), f"{self.task}-{self.protocol}", self.slug)
 
     def fingerprint(self, model: str) -> dict[str, Any]:
         """The settings that must match for a rerun to resume an existing results file."""
@@ -128,6 +134,7 @@ def configs_from_args(args: argparse.Namespace) -> list[EvalConfig]:
         for f in fields(EvalConfig)
         if hasattr(args, f.name) and f.name not in ("thoughts", "thought_tokens", "subdir")
     }
+    common["api_key"] = args.api_key or default_api_key()
     values: list[int | str] = args.thought_tokens or []
     if not values:
         return [EvalConfig(**common, thoughts=args.thoughts)]

@@ -56,6 +56,8 @@ def plot_accuracy(summaries: list[dict[str, Any]], out_png: str | Path) -> Path:
         series[(summary["task"], summary["protocol"], summary["model"])].append(summary)
     for index, (key, runs) in enumerate(sorted(series.items())):
         _draw_series(axes, " ".join(key), runs, f"C{index % 10}")
+    ticks = {0 if s["thoughts"] is False else s["thought_tokens"] for s in summaries}
+    axes.set_xticks(sorted(t for t in ticks if t is not None) or [0])
     axes.set_xlabel("thought tokens (0 = thoughts off)")
     axes.set_ylabel("accuracy")
     axes.set_ylim(bottom=0)
