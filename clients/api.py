@@ -69,7 +69,7 @@ class ApiClient:
         if response.status_code == 404:
             return None
         self._raise_for_status(response, "GET /models")
-        return response.json()
+        return self._json(response, "GET /models")
 
     async def complete(self, endpoint: str, body: dict[str, Any]) -> Output:
         """POST a completions or chat request and parse its first choice."""
@@ -105,8 +105,20 @@ class ApiClient:
                 await self._sleep(attempt, retry_after, f"HTTP {response.status_code}")
                 continue
             self._raise_for_status(response, f"POST {endpoint}", body.get("model"))
-            return response.json()
+            return self._json(response, f"POST {endpoint}")
         raise AssertionError("unreachable")
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise EvalError(
+                f"{what} at {self.base_url} did not answer JSON; is --base-url the API root "
+                "(ending in /v1)?"
+            ) from exc
+        if not isinstance(data, dict):
+            raise EvalError(f"{what} answered {type(data).__name__}, not a JSON object")
+        return data
 
     async def _sleep(self, attempt: int, retry_after: str | None, reason: str) -> None:
         delay = self.backoff_s * 2**attempt * (1 + random.random() / 4)

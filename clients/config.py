@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,10 @@ class EvalConfig:
     @property
     def slug(self) -> str:
         """The thought setting as a folder name: thoughts-default, -off, -on or -N."""
-        if self.thoughts is None or not self.thoughts:
-            return "thoughts-default" if self.thoughts is None else "thoughts-off"
+        if self.thoughts is None:
+            return "thoughts-default"
+        if not self.thoughts:
+            return "thoughts-off"
         return f"thoughts-{self.thought_tokens}" if self.thought_tokens else "thoughts-on"
 
     def out_dir(self, model: str) -> Path:
@@ -142,9 +144,6 @@ def configs_from_args(args: argparse.Namespace) -> list[EvalConfig]:
     for value in values:
         off = value == "off"
         thoughts = False if off else (True if args.thoughts is None else args.thoughts)
-        subdir = f"thoughts-{value}" if len(values) > 1 else ""
-        tokens = None if off else int(value)
-        configs.append(
-            EvalConfig(**common, thoughts=thoughts, thought_tokens=tokens, subdir=subdir)
-        )
+        config = EvalConfig(**common, thoughts=thoughts, thought_tokens=None if off else int(value))
+        configs.append(replace(config, subdir=config.slug) if len(values) > 1 else config)
     return configs

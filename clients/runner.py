@@ -114,7 +114,7 @@ def resolve_model(requested: str | None, models_answer: dict[str, Any] | None, u
         if requested:
             logger.warning("%s/models does not exist; using --model %s unchecked", url, requested)
             return requested
-        raise EvalError(f"{url}/models does not exist; pass --model")
+        raise EvalError(f"{url}/models does not exist (is the URL the /v1 root?); pass --model")
     ids = [m.get("id") for m in models_answer.get("data") or [] if isinstance(m, dict)]
     if requested is None:
         if not ids:

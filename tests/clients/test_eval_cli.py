@@ -30,6 +30,8 @@ def test_cli_run_over_real_http(
     table = capsys.readouterr().out
     assert "| csqa | direct | thoughts=on | fake-model | 2 | 50.0% |" in table
     assert json.loads((out / "summary.json").read_text())["n_new"] == 0
+    assert main(["report", str(out)]) == 0  # a real run folder plots too
+    assert (out / "accuracy_vs_thought_tokens.png").stat().st_size > 10_000
 
 
 def test_endpoint_down_is_one_clear_line(gsm8k_file: Path, capsys) -> None:

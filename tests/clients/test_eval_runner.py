@@ -176,6 +176,13 @@ def test_clear_errors(fake, gsm8k_file, csqa_file, tmp_path) -> None:
         )
 
 
+def test_non_json_endpoint(gsm8k_file, tmp_path) -> None:
+    html = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>hello</html>"))
+    config = EvalConfig(task="gsm8k", base_url="http://x:8000", data_file=str(gsm8k_file))
+    with pytest.raises(EvalError, match="did not answer JSON.*ending in /v1"):
+        run_eval(config, transport=html)
+
+
 def test_sweep_writes_one_labelled_folder_per_value(fake, gsm8k_file, tmp_path) -> None:
     from clients.__main__ import build_parser
 
