@@ -70,14 +70,17 @@ class Rotary(nn.Module):
         params = getattr(hf_config, "rope_parameters", None) or {}
         rope_type = params.get("rope_type", "default")
         head_dim = _head_dim(hf_config)
-        if rope_type == "default":
-            theta = params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
-            inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-            scaling = 1.0
-        elif rope_type in ("linear", "llama3", "yarn"):
-            inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
-        else:
+        if rope_type not in ("default", "linear", "llama3", "yarn"):
             raise ValueError(f"rope_type {rope_type!r} is not supported (default, linear, llama3, yarn)")
+        # Real CPU tensors even when the backbone is built under `torch.device("meta")`: HF's
+        # rope functions copy to the given device, which fails for meta tensors.
+        with torch.device("cpu"):
+            if rope_type == "default":
+                theta = params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+                inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+                scaling = 1.0
+            else:
+                inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
         self.scaling = float(scaling)
 
