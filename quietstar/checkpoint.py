@@ -195,14 +195,27 @@ def _dash_id(tokenizer) -> int:
     return tokenizer.encode("---", add_special_tokens=False)[0]
 
 
-def _qconfig_for(directory: Path, raw_config: dict, hidden: int) -> tuple[QuietStarConfig, str]:
+def _qconfig_for(directory: Path, raw_config: dict, files: dict[str, Path]) -> tuple[QuietStarConfig, str]:
     if (directory / CONFIG_FILE).is_file():
         return QuietStarConfig.load(directory), "quietstar"
     if all(k in raw_config for k in RELEASE_CONFIG_KEYS):
         # spec §5.2: n_ahead, scale and strings are not in the release config; hard-code them.
-        return QuietStarConfig(n_ahead=8, mixing_head_hidden=hidden, heads_trained=True,
+        return QuietStarConfig(n_ahead=8, mixing_head_hidden=_release_head_width(directory, files),
+                               heads_trained=True,
                                provenance={"source": "ezelikman/quietstar-8-ahead layout"}), "release"
     return QuietStarConfig(), "plain"
+
+
+def _release_head_width(directory: Path, files: dict[str, Path]) -> int:
+    """spec §5.3: talk_head.0.0.weight is (hidden, 2d); read the width instead of assuming d."""
+    key = TALK_PREFIX + "0.weight"
+    if key not in files:
+        raise ValueError(f"{directory}: config.json has the Quiet-STaR release keys but no {key!r} tensor")
+    try:
+        with safe_open(files[key], "pt") as f:
+            return int(f.get_slice(key).get_shape()[0])
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{files[key]}: cannot read tensor {key!r}: {e}") from e
 
 
 def load(
@@ -222,7 +235,7 @@ def load(
         raise ValueError(f"{directory}: no such model directory")
     backbone, info = load_backbone(directory, dtype, torch.device(device))
     tokenizer = load_tokenizer(directory)
-    qconfig, kind = _qconfig_for(directory, info["raw_config"], backbone.config.hidden_size)
+    qconfig, kind = _qconfig_for(directory, info["raw_config"], info["files"])
     _ensure_meta_tokens(backbone, tokenizer, qconfig)
     start_id = tokenizer.convert_tokens_to_ids(qconfig.start_thought_token)
     end_id = tokenizer.convert_tokens_to_ids(qconfig.end_thought_token)
