@@ -242,9 +242,9 @@ def load(
     model = QuietStarModel(backbone, qconfig, start_id, end_id).to(device)
     model.tokenizer = tokenizer
     model.source = str(directory)
-    tensors = _quietstar_tensors(directory, kind, info["files"])
+    tensors, sources = _quietstar_tensors(directory, kind, info["files"])
     if tensors:
-        _load_quietstar_tensors(model, tensors, directory)
+        _load_quietstar_tensors(model, tensors, sources, directory)
     else:
         model.init_meta_vectors(_dash_id(tokenizer))
         if qconfig.heads_trained:
@@ -255,14 +255,16 @@ def load(
     return model
 
 
-def _quietstar_tensors(directory: Path, kind: str, files: dict[str, Path]) -> dict[str, torch.Tensor]:
+def _quietstar_tensors(directory: Path, kind: str, files: dict[str, Path]):
+    """-> (official key -> tensor, official key -> the file holding it)."""
     if kind == "quietstar":
         path = directory / TENSORS_FILE
         if not path.is_file():
             raise ValueError(f"{directory}: {CONFIG_FILE} present but {TENSORS_FILE} missing")
-        return _read_tensors(weight_files_of(path), list(weight_files_of(path)))
+        files = weight_files_of(path)
+        return _read_tensors(files, list(files)), files
     keys = [k for k in files if is_quietstar_key(k)]
-    return _read_tensors(files, keys) if keys else {}
+    return (_read_tensors(files, keys) if keys else {}), files
 
 
 def weight_files_of(path: Path) -> dict[str, Path]:
@@ -273,7 +275,8 @@ def weight_files_of(path: Path) -> dict[str, Path]:
         raise ValueError(f"{path}: unreadable safetensors file: {e}") from e
 
 
-def _load_quietstar_tensors(model: QuietStarModel, tensors: dict, directory: Path) -> None:
+def _load_quietstar_tensors(model: QuietStarModel, tensors: dict, sources: dict[str, Path],
+                            directory: Path) -> None:
     params = dict(model.named_parameters())
     wanted = {n for n in params if n in QUIETSTAR_KEYS or n.startswith(MIXING_PREFIX)}
     got = {to_internal(k): v for k, v in tensors.items()}
@@ -282,7 +285,7 @@ def _load_quietstar_tensors(model: QuietStarModel, tensors: dict, directory: Pat
         raise ValueError(f"{directory}: Quiet-STaR tensors do not match: missing "
                          f"{[to_official(k) for k in missing]}, unexpected {[to_official(k) for k in extra]}")
     for name in wanted:
-        _copy_checked(params[name], got[name], to_official(name), directory)
+        _copy_checked(params[name], got[name], to_official(name), sources[to_official(name)])
 
 
 # ---------------------------------------------------------------- writing
@@ -309,13 +312,29 @@ def save(model: QuietStarModel, directory: str | os.PathLike, config: QuietStarC
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         write_files(model, tmp, config or model.config)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.rename(tmp, directory)
+        _replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an old target is renamed aside first and deleted afterwards, so a
+    reader never sees a half-deleted checkpoint (deleting in place was not atomic)."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old / target.name, target)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_files(model: QuietStarModel, directory: Path, config: QuietStarConfig) -> None:
