@@ -301,6 +301,8 @@ def quietstar_state_dict(model: QuietStarModel) -> dict[str, torch.Tensor]:
 
 
 def backbone_state_dict(backbone: LlamaBackbone) -> dict[str, torch.Tensor]:
+    if backbone.is_fused:
+        raise ValueError("this model's projections were fused for inference; it cannot be saved")
     params = dict(backbone.named_parameters(remove_duplicate=False))
     return {key: params[name].detach().contiguous() for name, key in backbone.hf_state_dict_keys().items()}
 

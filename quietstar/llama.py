@@ -117,12 +117,23 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=o_bias)
+        self.qkv_proj: nn.Linear | None = None  # set by fuse(); inference only
+        self.sizes = (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim)
+
+    def fuse(self) -> None:
+        """Replace q/k/v by one matmul (fewer, larger kernels for decode). Irreversible."""
+        self.qkv_proj = _fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, cos, sin, attention: Attention):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv, self.head_dim)
+        v = v.view(B, T, self.n_kv, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attention.attend(self.layer, q, k, v)  # (B, T, H, D)
         return self.o_proj(out.reshape(B, T, -1))
@@ -137,8 +148,30 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, m, bias=bias)
         self.down_proj = nn.Linear(m, d, bias=bias)
 
+        self.gate_up_proj: nn.Linear | None = None  # set by fuse(); inference only
+
+    def fuse(self) -> None:
+        self.gate_up_proj = _fuse_linears(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
+
     def forward(self, x):
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _fuse_linears(*linears: nn.Linear) -> nn.Linear:
+    first = linears[0]
+    out = sum(lin.out_features for lin in linears)
+    has_bias = first.bias is not None
+    fused = nn.Linear(first.in_features, out, bias=has_bias, device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
+        if has_bias:
+            fused.bias.copy_(torch.cat([lin.bias for lin in linears]))
+    fused.requires_grad_(False)
+    return fused
 
 
 class DecoderLayer(nn.Module):
@@ -172,6 +205,7 @@ class LlamaBackbone(nn.Module):
         )
         self.norm = RMSNorm(d, hf_config.rms_norm_eps)
         self.rotary = Rotary(hf_config)
+        self.is_fused = False
         self.lm_head = nn.Linear(d, hf_config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -190,6 +224,14 @@ class LlamaBackbone(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, attention)
         return self.norm(x)
+
+    def fuse_for_inference(self) -> None:
+        """Fuse q/k/v and gate/up projections in every layer. The model can no longer be saved
+        or trained afterwards; the engine calls this on the model it owns."""
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        self.is_fused = True
 
     def hf_state_dict_keys(self) -> dict[str, str]:
         """Our parameter name -> the HF checkpoint key that holds it."""

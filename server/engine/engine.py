@@ -34,6 +34,8 @@ class Engine:
         self.config = config
         self.model = model or quietstar.load(config.model, DTYPES[config.dtype], config.device)
         self.model.requires_grad_(False)
+        if not self.model.backbone.is_fused:
+            self.model.backbone.fuse_for_inference()
         self.tokenizer = self.model.tokenizer
         bb = self.model.backbone.config
         self.max_model_len = min(config.max_model_len, getattr(bb, "max_position_embeddings", 1 << 30))

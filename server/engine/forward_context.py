@@ -76,8 +76,12 @@ class DecodeAttention:
         H, D = q.shape[1:]
         kvh = k.shape[1]
         g = H // kvh
-        qd = q.new_zeros(b.n * b.R, H, D)
-        qd[b.dense_index] = q
+        packed = len(q) == b.n * b.R  # every (slot, column) has a row: no scatter/gather
+        if packed:
+            qd = q
+        else:
+            qd = q.new_zeros(b.n * b.R, H, D)
+            qd[b.dense_index] = q
         qd = qd.view(b.n, b.R, kvh, g, D).permute(0, 2, 1, 3, 4)  # (n, KVH, R, G, D)
         scale = 1.0 / math.sqrt(D)
         Kp = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
@@ -90,7 +94,7 @@ class DecodeAttention:
         else:
             out = self._with_thoughts(layer, qd, sp, Vp, scale)
         out = out.permute(0, 2, 1, 3, 4).reshape(b.n * b.R, H, D)
-        return out[b.dense_index][None]
+        return (out if packed else out[b.dense_index])[None]
 
     def _with_thoughts(self, layer: int, qd, sp, Vp, scale):
         b = self.b

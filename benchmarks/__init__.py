@@ -1,0 +1,1 @@
+"""Speed benchmarks: engine in-process (`bench engine`) and HTTP load (`bench serve`)."""

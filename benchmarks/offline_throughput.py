@@ -1,0 +1,166 @@
+"""`quietstar bench engine`: engine speed side by side with its baselines, in one process.
+
+Every figure is a ratio of runs made in this process, alternated (A B A B ...) so machine noise
+hits both sides alike; the median over repeats is reported. Prints a markdown table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+PROMPT = (
+    "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+    "May. How many clips did Natalia sell altogether in April and May?\nA:"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quietstar bench engine", description=__doc__)
+    p.add_argument("--model", default="default", help="`default` or a checkpoint directory")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="backbone dtype")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--tokens", type=int, default=64, help="visible tokens per thoughts-off run")
+    p.add_argument("--thought-tokens", type=int, default=8, help="L for the thoughts-on runs")
+    p.add_argument("--think-tokens", type=int, default=12, help="visible tokens per thoughts-on run")
+    p.add_argument("--context", type=int, default=256, help="context length for the official-style and scoring comparisons")
+    p.add_argument("--repeats", type=int, default=3, help="alternated repeats per comparison (median)")
+    p.add_argument("--out", default="benchmarks/results/engine.json", help="JSON output path")
+    return p
+
+
+class Bench:
+    def __init__(self, args):
+        import quietstar
+        from server.engine import Engine, EngineConfig
+
+        self.args = args
+        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+        self.model = quietstar.load(args.model, dtype, args.device)
+        self.engine = Engine(EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
+                                          max_model_len=2048, max_num_seqs=8), model=self.model)
+        self.prompt = self.model.tokenizer.encode(PROMPT)
+        self.ids = 0
+
+    def run(self, n_requests: int, tokens: int, thoughts=None, prompt=None) -> float:
+        """Seconds for `n_requests` concurrent requests of `tokens` visible tokens each."""
+        from server.engine import SamplingParams, ThoughtParams
+
+        params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True,
+                                thoughts=thoughts or ThoughtParams())
+        for _ in range(n_requests):
+            self.ids += 1
+            self.engine.add_request(f"b{self.ids}", prompt or self.prompt, params)
+        start = time.perf_counter()
+        while self.engine.has_unfinished():
+            self.engine.step()
+        return time.perf_counter() - start
+
+    def hf_generate(self, tokens: int) -> float:
+        x = torch.tensor([self.prompt], device=self.args.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.hf.generate(x, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        return time.perf_counter() - start
+
+
+def alternate(repeats: int, *fns):
+    """Run fns in turn `repeats` times; median seconds of each."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            times[i].append(fn())
+    return [statistics.median(t) for t in times]
+
+
+def measure(b: Bench) -> list[dict]:
+    from transformers import AutoModelForCausalLM
+
+    from quietstar import reference
+    from quietstar.parallel import parallel_thought_forward
+    from server.engine import ThoughtParams
+
+    a, L = b.args, b.args.thought_tokens
+    rows = []
+    b.hf = AutoModelForCausalLM.from_pretrained(b.model.source, dtype=b.model.dtype).to(a.device)
+    b.run(1, 8), b.hf_generate(8)  # warm-up
+    eng, hf = alternate(a.repeats, lambda: b.run(1, a.tokens), lambda: b.hf_generate(a.tokens))
+    off_tok = eng / a.tokens
+    rows.append(dict(name="thoughts off, 1 request: engine tok/s ÷ transformers generate",
+                     value=hf / eng, target=">= 1.9", detail=f"engine {a.tokens / eng:.1f} tok/s, transformers {a.tokens / hf:.1f} tok/s"))
+    on1 = ThoughtParams(enabled=True, num_tokens=L)
+    on4 = ThoughtParams(enabled=True, num_tokens=L, count=4)
+    t1, t4, t_off = alternate(a.repeats, lambda: b.run(1, a.think_tokens, on1),
+                              lambda: b.run(1, a.think_tokens, on4), lambda: b.run(1, a.tokens))
+    per1, off_tok = t1 / a.think_tokens, t_off / a.tokens
+    rows.append(dict(name=f"thoughts on (L={L}, K=1): time per visible token ÷ ((L+2) × thoughts-off)",
+                     value=per1 / ((L + 2) * off_tok), target="<= 1.1", detail=f"{1 / per1:.2f} visible tok/s"))
+    rows.append(dict(name="K=4 ÷ K=1 time per visible token", value=t4 / t1, target="<= 1.3", detail=""))
+    (t8,) = alternate(a.repeats, lambda: b.run(8, a.think_tokens, on1))
+    rows.append(dict(name="8 concurrent thought-on requests: aggregate visible tok/s ÷ 1 request",
+                     value=(8 * a.think_tokens / t8) / (a.think_tokens / t1), target=">= 5",
+                     detail=f"{8 * a.think_tokens / t8:.2f} visible tok/s"))
+    ctx = (b.prompt * (a.context // len(b.prompt) + 1))[: a.context]
+    n_off = 2
+    g = torch.Generator().manual_seed(0)
+    official = lambda: timed(lambda: reference.official_style_generate(b.model, ctx, n_off, L, g))  # noqa: E731
+    ours, theirs = alternate(max(1, a.repeats - 1), lambda: b.run(1, n_off, on1, ctx), official)
+    rows.append(dict(name=f"vs official-style inference at {a.context} tokens of context (L={L})",
+                     value=theirs / ours, target=">= 30", detail=f"official {theirs / n_off:.2f} s/token, engine {ours / n_off:.3f} s/token"))
+    ids = torch.tensor([ctx])
+    with torch.inference_mode():
+        th = parallel_thought_forward(b.model, ids, L, generator=torch.Generator().manual_seed(0)).thought_ids[0].tolist()
+    par = lambda: timed(lambda: b.engine.score(ctx, ThoughtParams(enabled=True, num_tokens=L), 0, 0))  # noqa: E731
+    sub = ctx[:64]  # the loop is ~quadratic; time 64 positions and scale to the full length
+    loop = lambda: timed(lambda: reference.score_per_position(b.model, sub, th[:64])) * (a.context / 64) ** 2  # noqa: E731
+    tp, tl = alternate(1, par, loop)
+    rows.append(dict(name=f"parallel scoring of {a.context} tokens ÷ per-position loop (L={L})",
+                     value=tl / tp, target=">= 10", detail=f"parallel {tp:.2f} s, loop ≈ {tl:.1f} s (64 positions timed, scaled quadratically)"))
+    return rows
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        fn()
+    return time.perf_counter() - start
+
+
+def environment(args) -> dict:
+    import transformers
+
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "model": args.model, "dtype": args.dtype, "device": args.device,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| measurement | ratio | target | detail |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['value']:.2f} | {r['target']} | {r['detail']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = measure(Bench(args))
+    env = environment(args)
+    print(markdown(rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
