@@ -1,0 +1,5 @@
+"""The HTTP layer: OpenAI-compatible routes over the engine (`build_app`)."""
+
+from server.api.app import build_app
+
+__all__ = ["build_app"]
