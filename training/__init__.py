@@ -1,0 +1,1 @@
+"""Quiet-STaR training (`quietstar train`): imports only the `quietstar` core package."""

@@ -1,0 +1,181 @@
+"""The training loop: `train(cfg)` and `train_step` (thoughts + losses -> backward -> clip ->
+update -> metrics), data-parallel through `accelerate` (one process, DDP, or FSDP), with
+held-out evaluation and step checkpoints. Set-up lives in run.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import checkpointing as ckpt
+from .config import TrainConfig
+from .data import Windows
+from .evaluation import evaluate
+from .objective import ObjectiveOutput, thought_seed
+from .run import Run, make_accelerator, setup
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- the step
+
+
+def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    start = time.perf_counter()
+    lr = run.scheduler.get_last_lr()[0]
+    seed = thought_seed(run.cfg.seed, run.step, run.accelerator.process_index)
+    out = run.objective(batch["ids"], batch["mask"], seed)  # 1) thoughts + losses
+    run.accelerator.backward(out.losses.total)  # 2) backward
+    grad_norm = _clip(run)  # 3) clip
+    run.optimizer.step()  # 4) update
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return _step_metrics(run, out, grad_norm, lr, time.perf_counter() - start)  # 5) metrics
+
+
+def _clip(run: Run) -> torch.Tensor:
+    params = [p for p in run.objective.parameters() if p.requires_grad]
+    return run.accelerator.clip_grad_norm_(params, run.cfg.max_grad_norm or float("inf"))
+
+
+def _step_metrics(run: Run, out: ObjectiveOutput, grad_norm, lr: float, seconds: float) -> dict:
+    """Metrics averaged over processes (tokens summed) -> a metrics.jsonl record."""
+    scalars = out.scalars()
+    stats = torch.stack(list(scalars.values())).detach().float()
+    stats = run.accelerator.reduce(stats, reduction="mean")
+    tokens = int(run.accelerator.reduce(out.num_tokens.detach(), reduction="sum"))
+    run.tokens_seen += tokens
+    record = {"kind": "train", "step": run.step, **dict(zip(scalars, stats.tolist(), strict=True))}
+    record.update(grad_norm=float(grad_norm), lr=lr, tokens=tokens, tokens_seen=run.tokens_seen)
+    record.update(tokens_per_s=tokens / max(seconds, 1e-9), step_s=seconds)
+    return record
+
+
+# ---------------------------------------------------------------- evaluation and checkpoints
+
+
+def maybe_evaluate(run: Run, windows: Windows | None, final: bool) -> dict | None:
+    cfg = run.cfg
+    due = final or (cfg.eval_every > 0 and run.step % cfg.eval_every == 0)
+    if windows is None or not due:
+        return None
+    result = None
+    with _full_params(run, rank0_only=False):
+        if run.accelerator.is_main_process:
+            result = {"kind": "eval", "step": run.step, **evaluate(_model(run), windows, cfg)}
+            run.metrics.write(result)
+            log.info(
+                "eval step %d: NLL base %.4f thought %.4f | hardest 10%%: base %.4f thought %.4f",
+                run.step,
+                result["eval_base_nll"],
+                result["eval_thought_nll"],
+                result["eval_hard_base_nll"],
+                result["eval_hard_thought_nll"],
+            )
+        run.accelerator.wait_for_everyone()
+    return result
+
+
+def save_checkpoint(run: Run) -> Path:
+    cfg, accelerator = run.cfg, run.accelerator
+    directory = ckpt.step_dir(cfg.out, run.step)
+    with _full_params(run, rank0_only=True):
+        if accelerator.is_main_process:
+            objective = accelerator.unwrap_model(run.objective)
+            qconfig = ckpt.trained_config(
+                objective.model, cfg, run.step, run.tokens_seen, run.base_provenance
+            )
+            ckpt.save_step(objective.model, objective.lora, qconfig, _trainer_state(run), directory)
+            ckpt.prune(cfg.out, cfg.keep_last)
+            log.info("saved %s", directory)
+    accelerator.wait_for_everyone()
+    return directory
+
+
+def _trainer_state(run: Run) -> dict[str, Any]:
+    lora = run.accelerator.unwrap_model(run.objective).lora
+    return {
+        "step": run.step,
+        "samples_seen": run.step * run.cfg.batch_size,
+        "tokens_seen": run.tokens_seen,
+        "base_provenance": run.base_provenance,
+        "optimizer": None if run.cfg.fsdp else run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "lora": lora.state_dict() if lora is not None else None,
+        "train_config": asdict(run.cfg),
+        "num_processes": run.accelerator.num_processes,
+    }
+
+
+def _full_params(run: Run, rank0_only: bool):
+    """FSDP: gather the full parameters while rank 0 saves or evaluates the unwrapped model."""
+    if not run.cfg.fsdp:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.summon_full_params(
+        run.objective, writeback=False, rank0_only=rank0_only, offload_to_cpu=rank0_only
+    )
+
+
+def _model(run: Run):
+    return run.accelerator.unwrap_model(run.objective).model
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training; returns the final step directory (a servable checkpoint)."""
+    accelerator = make_accelerator(cfg)
+    resume = ckpt.resolve_resume(cfg)
+    run, loader, eval_windows = setup(cfg, accelerator, resume)
+    if accelerator.is_main_process:
+        (Path(cfg.out) / "train_config.json").write_text(cfg.to_json())
+    last_saved = run.step if resume else None
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=run.step,
+        disable=not accelerator.is_main_process,
+        desc="train",
+        dynamic_ncols=True,
+    )
+    with logging_redirect_tqdm():
+        for batch in loader:
+            record = train_step(run, batch)
+            if run.metrics is not None:
+                run.metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", reward=f"{record['reward_mean']:.3g}")
+            bar.update()
+            maybe_evaluate(run, eval_windows, final=False)
+            if run.step % cfg.save_every == 0:
+                save_checkpoint(run)
+                last_saved = run.step
+        bar.close()
+        final_dir = (
+            save_checkpoint(run) if last_saved != run.step else ckpt.step_dir(cfg.out, run.step)
+        )
+        if cfg.eval_every == 0 or run.step % cfg.eval_every:
+            maybe_evaluate(run, eval_windows, final=True)
+    _finish(run)
+    return final_dir
+
+
+def _finish(run: Run) -> None:
+    if run.metrics is None:
+        return
+    run.metrics.close()
+    if run.cfg.plot:
+        from .plot import plot_run
+
+        log.info("metrics plot: %s", plot_run(run.cfg.out))
