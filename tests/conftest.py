@@ -4,10 +4,18 @@ model (converted once per test session into a cache shared by all tests), and ma
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# pytest puts tests/ on sys.path, where tests/quietstar (tests/training, ...) would shadow the
+# real packages of an editable install as namespace packages; the repo root must come first.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 TINY = dict(
     vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -88,11 +96,16 @@ def default_model_dir() -> Path:
     """The converted default model, shared across the session (converted at most once)."""
     from quietstar.default_model import default_model_dir as convert
 
-    return convert()
+    start = time.perf_counter()
+    directory = convert()
+    print(f"\n[default model] ready in {time.perf_counter() - start:.1f} s: {directory}")
+    return directory
 
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Converted models (the default one) go to a git-ignored cache reused by later test runs.
+    os.environ.setdefault("QUIETSTAR_HOME", str(ROOT / ".cache" / "quietstar-test"))
 
 
 def pytest_collection_modifyitems(config, items):

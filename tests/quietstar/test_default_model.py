@@ -1,0 +1,114 @@
+"""The embedded default model: converted once (bf16 HF folder), cached, safe under concurrency.
+
+Run with `-s` to see the measured times (first conversion, cached lookup, loads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_hf_checkpoint
+from safetensors import safe_open
+from tiny_gguf import write_tiny_gguf
+
+import quietstar
+from quietstar import default_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Each child waits for the go file, so both look for the converted folder before either has
+# written it: both convert and race on the final rename. An optional second argument swaps the
+# embedded GGUF for a tiny one (same code path, a second instead of ~15 s of dequantizing).
+CHILD = """
+import logging, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from quietstar import default_model
+if len(sys.argv) > 2:
+    default_model.find_gguf = lambda: Path(sys.argv[2])
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.05)
+print(default_model.default_model_dir())
+"""
+
+
+def test_conversion_is_a_plain_bf16_hf_folder(default_model_dir):
+    names = {p.name for p in default_model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert "quietstar_config.json" not in names and "quietstar.safetensors" not in names
+    config = json.loads((default_model_dir / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["dtype"] == "bfloat16"
+    assert "quantization_config" not in config
+    with safe_open(str(default_model_dir / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}
+
+
+def test_second_call_does_not_convert(default_model_dir, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(default_model, "convert_gguf", fail)
+    start = time.perf_counter()
+    assert default_model.default_model_dir() == default_model_dir
+    elapsed = time.perf_counter() - start
+    print(f"\n[default model] cached lookup: {elapsed * 1000:.1f} ms")
+    assert elapsed < 1.0
+
+
+def test_load_default_fp32_and_bf16(default_model_dir):
+    for dtype in (torch.float32, torch.bfloat16):
+        start = time.perf_counter()
+        model = quietstar.load("default", dtype=dtype)
+        print(f"\n[default model] quietstar.load('default', {dtype}): {time.perf_counter() - start:.2f} s")
+        assert model.dtype == dtype
+        assert model.source == str(default_model_dir)
+        assert model.config.heads_trained is False
+        tok = model.tokenizer
+        ids = [tok.convert_tokens_to_ids(t) for t in ("<|startthought|>", "<|endthought|>")]
+        assert ids == [model.start_thought_id, model.end_thought_id]
+        assert min(ids) >= tok.vocab_size  # added after the base vocabulary, grown to fit
+        assert model.vocab_size == len(tok)
+
+
+def run_two_conversions(tmp_path, gguf: Path | None) -> None:
+    home, go = tmp_path / "home", tmp_path / "go"
+    env = dict(os.environ, QUIETSTAR_HOME=str(home), OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-c", CHILD, str(go)] + ([str(gguf)] if gguf else [])
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(0.5)
+    start = time.perf_counter()
+    go.touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    elapsed = time.perf_counter() - start
+    print(f"\n[default model] two concurrent conversions ({gguf or 'embedded GGUF'}): {elapsed:.1f} s")
+    for proc, (_out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+    target = home / "models" / f"{default_model.DEFAULT_NAME}-bf16"
+    assert {out.strip() for out, _ in results} == {str(target)}
+    assert [p.name for p in (home / "models").iterdir()] == [target.name]  # no temp dirs left
+    assert sum("another process converted" in err for _, err in results) == 1
+    with safe_open(str(target / "model.safetensors"), "pt") as f:
+        assert len(list(f.keys())) > 0
+    assert (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
+
+
+def test_concurrent_conversions_leave_one_folder(tmp_path):
+    src = make_hf_checkpoint(tmp_path / "hf", "smollm2")
+    run_two_conversions(tmp_path, write_tiny_gguf(src, tmp_path / "tiny.gguf"))
+
+
+@pytest.mark.slow
+def test_concurrent_default_conversions_leave_one_folder(tmp_path):
+    """The real 135M GGUF twice at once: ~25 s alone on 2 cores, up to a minute when busy."""
+    run_two_conversions(tmp_path, None)
