@@ -25,6 +25,7 @@ ERROR_TYPES = {401: "invalid_request_error", 429: "rate_limit_error", 500: "serv
 GENERATION_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 # pydantic puts union members ("str", "list[int]", "function-after[...]") into error locations.
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]*$")
+_WRAPPER = re.compile(r"function-\w+\[\w+\(\), ")
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
@@ -64,28 +65,49 @@ def param_path(loc: Sequence[int | str]) -> str | None:
     return path or None
 
 
+def _union_member(loc: Sequence[int | str]) -> tuple[str | None, str | None]:
+    """(path of the union field, member tag) when the error lies inside a union member."""
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and (not _FIELD.match(part) or part in _TYPE_TAGS):
+            return param_path(loc[:i]), part
+    return None, None
+
+
+def _readable(tag: str | None) -> str:
+    """"list[function-after[f(), Part]]" -> "list[Part]" (validators wrap union tags)."""
+    tag, wrappers = _WRAPPER.subn("", tag or "")
+    return tag[: len(tag) - wrappers] if wrappers else tag
+
+
 def from_validation_errors(errors: Sequence[Any]) -> APIError:
-    """The most specific pydantic error, as a 400 with `param`."""
+    """The most specific pydantic error as a 400 with `param`: our own "unsupported" errors
+    first, then the deepest; a value matching no member of a union names the union's forms."""
     if not errors:
         return bad_request("invalid request")
-    loc_of = [tuple(p for p in e["loc"] if p != "body") for e in errors]
-    deepest = max(range(len(errors)), key=lambda i: len(param_path(loc_of[i]) or ""))
-    error, loc = errors[deepest], loc_of[deepest]
+    locs = [tuple(p for p in e["loc"] if p != "body") for e in errors]
+    best = max(range(len(errors)), key=lambda i: (
+        errors[i]["type"] == "unsupported", len(param_path(locs[i]) or "")))
+    error, loc = errors[best], locs[best]
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "json_invalid":
         return bad_request(f"malformed JSON body: {ctx.get('error', 'decode error')}",
                            code="invalid_json")
-    param = ctx.get("param") or param_path(loc)
+    if kind == "unsupported":
+        return bad_request(error["msg"], ctx.get("param") or param_path(loc))
+    union, _ = _union_member(loc)
+    if union is not None:
+        forms = dict.fromkeys(_readable(tag) for where, tag in map(_union_member, locs)
+                              if where == union)
+        return bad_request(f"{union}: invalid value; expected one of: {', '.join(forms)}", union)
+    param = param_path(loc)
     if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
         return bad_request("the request body must be a JSON object")
     if kind == "missing":
         return bad_request(f"{param} is required", param)
     if kind == "extra_forbidden":
         return bad_request(f"{param} is not a known field", param)
-    message = error["msg"].removeprefix("Value error, ")
-    if kind != "unsupported":
-        given = repr(error.get("input"))
-        message = f"{param}: {message}" + (f" (got {given})" if len(given) <= 80 else "")
+    given = repr(error.get("input"))
+    message = f"{param}: {error['msg']}" + (f" (got {given})" if len(given) <= 80 else "")
     return bad_request(message, param)
 
 

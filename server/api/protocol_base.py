@@ -56,7 +56,8 @@ class OpenAIModel(BaseModel):
         return self
 
     def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
+        """Unknown extra fields (known extensions with harmless values are not listed)."""
+        return sorted(set(self.model_extra or {}) - set(UNSUPPORTED_EXTRAS))
 
 
 class ThoughtOptions(BaseModel):

@@ -127,6 +127,13 @@ class Serving:
         except APIError as e:
             job.finish("invalid" if e.status < 500 else "error")
             raise
+        except ValueError as e:  # the engine refused the request
+            job.finish("invalid")
+            raise bad_request(str(e)) from e
+        except Exception as e:
+            job.finish("error")
+            log.exception("%s: failed", job.request_id)
+            raise APIError(500, f"internal server error ({type(e).__name__}: {e})") from e
         except BaseException:
             job.finish("error")
             raise

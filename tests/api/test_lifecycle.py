@@ -1,0 +1,179 @@
+"""Request and server lifecycle: a client disconnect aborts the engine request (streaming or
+not), errors mid-stream end with an error event and no [DONE], the model loads in the
+background behind a 503 /health, and shutdown stops the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from api_fakes import CHAT, COMPLETION, FakeEngine, client, make_app, sse_events
+from fastapi.testclient import TestClient
+
+import server.engine
+from server.api import build_app
+from server.config import ServerConfig
+from server.engine import EngineConfig
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Connection:
+    """Drives the ASGI app by hand (uvicorn's spec version 2.3): sends the body, records what
+    the app sends, and reports `http.disconnect` once `drop()` is called."""
+
+    def __init__(self, app, path: str, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+            "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode())],
+            "client": ("127.0.0.1", 5000), "server": ("test", 80),
+        }
+        self.inbox = [{"type": "http.request", "body": payload, "more_body": False}]
+        self.sent: list[dict] = []
+        self.gone = asyncio.Event()
+        self.task = asyncio.create_task(app(self.scope, self.receive, self.send))
+
+    async def receive(self) -> dict:
+        if self.inbox:
+            return self.inbox.pop(0)
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+    def drop(self) -> None:
+        self.gone.set()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.anyio
+async def test_disconnect_aborts_non_streaming_request():
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()  # the engine is busy with the request
+    app, _ = make_app(engine)
+    conn = Connection(app, "/v1/chat/completions", CHAT)
+    await until(lambda: engine.num_running == 1)
+    conn.drop()
+    await asyncio.wait_for(conn.task, 5)
+    request_id = engine.requests[0][0]
+    assert engine.aborted == [request_id] and engine.num_running == 0
+    assert app.state.admission.in_flight == 0
+    async with client(app) as c:
+        metrics = (await c.get("/metrics")).text
+    assert 'quietstar_requests_total{endpoint="chat",outcome="aborted"} 1.0' in metrics
+
+
+@pytest.mark.anyio
+async def test_disconnect_aborts_stream_within_a_step():
+    engine = FakeEngine(step_s=0.01)
+    app, _ = make_app(engine)
+    body = {**COMPLETION, "stream": True, "max_tokens": 200, "ignore_eos": True}
+    conn = Connection(app, "/v1/completions", body)
+    await until(lambda: conn.body().count(b"data:") >= 3)
+    conn.drop()
+    await asyncio.wait_for(conn.task, 5)
+    assert engine.aborted == [engine.requests[0][0]] and engine.num_running == 0
+    assert b"[DONE]" not in conn.body()
+    assert app.state.admission.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_batched_prompts_all_abort_on_disconnect():
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()
+    app, _ = make_app(engine)
+    conn = Connection(app, "/v1/completions", {**COMPLETION, "prompt": ["a", "b", "c"]})
+    await until(lambda: engine.num_running == 3)
+    conn.drop()
+    await asyncio.wait_for(conn.task, 5)
+    assert sorted(engine.aborted) == sorted(rid for rid, _, _ in engine.requests)
+
+
+@pytest.mark.anyio
+async def test_mid_stream_error_event_and_no_done():
+    engine = FakeEngine()
+    engine.fail_after = 2
+    app, _ = make_app(engine)
+    async with client(app) as c:
+        r = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    events = sse_events(r.text)
+    assert r.status_code == 200 and "[DONE]" not in events
+    assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["H", "e"]
+    error = events[-1]["error"]
+    assert error["type"] == "server_error" and "engine exploded" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.anyio
+async def test_shutdown_mid_stream_is_an_abort_error_event():
+    engine = FakeEngine()
+    engine.abort_all = True
+    app, _ = make_app(engine)
+    async with client(app) as c:
+        events = sse_events((await c.post("/v1/completions", json={**COMPLETION, "stream": True})).text)
+    assert "[DONE]" not in events and events[-1]["error"]["code"] == "aborted"
+
+
+def test_model_loads_in_background_behind_health(monkeypatch):
+    release = threading.Event()
+
+    class SlowEngine(FakeEngine):
+        def __init__(self, config: EngineConfig) -> None:
+            assert config.model == "slow-model"
+            release.wait(10)
+            super().__init__()
+
+    monkeypatch.setattr(server.engine, "AsyncEngine", SlowEngine)
+    app = build_app(ServerConfig(engine=EngineConfig(model="slow-model")))
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 503
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 503
+        release.set()
+        deadline = time.monotonic() + 10
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        engine = app.state.engine
+        assert engine.started and not engine.stopped
+        r = c.post("/v1/chat/completions", json={**CHAT, "model": "slow-model"})
+        assert r.status_code == 200
+    assert engine.stopped  # lifespan shutdown stopped the engine
+    assert app.state.status == "stopping"
+
+
+def test_failed_load_reports_and_stops_the_server(monkeypatch):
+    class BrokenEngine:
+        def __init__(self, config: EngineConfig) -> None:
+            raise ValueError("no such checkpoint directory")
+
+    monkeypatch.setattr(server.engine, "AsyncEngine", BrokenEngine)
+    app = build_app(ServerConfig(engine=EngineConfig(model="missing")))
+    stopped = threading.Event()
+    app.state.on_load_failure = stopped.set
+    with TestClient(app) as c:
+        assert stopped.wait(10)
+        health = c.get("/health")
+        chat = c.post("/v1/chat/completions", json=CHAT)
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert "no such checkpoint" in health.json()["error"]
+    assert chat.json()["error"]["code"] == "model_load_failed"
