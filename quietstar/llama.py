@@ -54,10 +54,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # HF numerics: normalise in fp32, cast back, then scale (one fused kernel for the first part)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -127,14 +125,16 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, attention: Attention):
         B, T, _ = x.shape
-        if self.qkv_proj is not None:
-            q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        if self.qkv_proj is not None:  # fused: rotate q and k in one go
+            qk, v = self.qkv_proj(x).split((self.sizes[0] + self.sizes[1], self.sizes[2]), dim=-1)
+            qk = apply_rope(qk.view(B, T, self.n_heads + self.n_kv, self.head_dim), cos, sin)
+            q, k = qk.split((self.n_heads, self.n_kv), dim=2)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv, self.head_dim)
+            q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+            k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            v = self.v_proj(x)
         v = v.view(B, T, self.n_kv, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attention.attend(self.layer, q, k, v)  # (B, T, H, D)
         return self.o_proj(out.reshape(B, T, -1))
 

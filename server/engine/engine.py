@@ -57,22 +57,32 @@ class Engine:
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError naming the problem when a request cannot be served."""
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        vocab = self.model.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        th = params.thoughts
-        L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
-        if th.enabled and L > self.config.max_thought_tokens:
-            raise ValueError(f"thought tokens {L} exceed this server's maximum of {self.config.max_thought_tokens}")
-        if th.enabled and th.count > self.config.max_parallel_thoughts:
-            raise ValueError(f"thought count {th.count} exceeds this server's maximum of {self.config.max_parallel_thoughts}")
+        self._validate_prompt(prompt_ids)
+        self._validate_thoughts(params.thoughts)
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise ValueError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request "
                 f"has {len(prompt_ids)} prompt tokens and asks for {params.max_tokens} completion tokens"
             )
+
+    def _validate_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        vocab = self.model.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if len(prompt_ids) > self.max_model_len:
+            raise ValueError(f"this model's maximum context length is {self.max_model_len} tokens; "
+                             f"the prompt has {len(prompt_ids)}")
+
+    def _validate_thoughts(self, th: ThoughtParams) -> None:
+        if not th.enabled:
+            return
+        L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
+        if L > self.config.max_thought_tokens:
+            raise ValueError(f"thought tokens {L} exceed this server's maximum of {self.config.max_thought_tokens}")
+        if th.count > self.config.max_parallel_thoughts:
+            raise ValueError(f"thought count {th.count} exceeds this server's maximum of {self.config.max_parallel_thoughts}")
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         self.validate(prompt_ids, params)
@@ -245,9 +255,8 @@ class Engine:
               seed: int | None = None) -> ScoreOutput:
         """Thought-aided log-prob of every prompt token, all positions in L+2 batched passes
         (spec §3.4); K thoughts per position average their probabilities."""
-        if len(prompt_ids) > self.max_model_len:
-            raise ValueError(f"this model's maximum context length is {self.max_model_len} tokens; "
-                             f"the prompt has {len(prompt_ids)}")
+        self._validate_prompt(prompt_ids)
+        self._validate_thoughts(thoughts)
         ids = torch.tensor([prompt_ids], device=self.model.device)
         if thoughts.enabled:
             L = self.default_thought_tokens if thoughts.num_tokens is None else thoughts.num_tokens

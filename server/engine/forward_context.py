@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from quietstar.llama import sdpa
 
@@ -73,6 +74,12 @@ class DecodeAttention:
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
         self._write(layer, k, v)
+        if b.max_thought == 0 and b.R == 1 and len(q) == b.n:  # thoughts off: plain SDPA per slot
+            Kp = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
+            Vp = self.cache.v[layer, : b.n, :, : b.max_prefix]
+            out = F.scaled_dot_product_attention(q[:, :, None], Kp, Vp, enable_gqa=True,
+                                                 attn_mask=self.prefix_mask[:, None, None, :])
+            return out[None, :, :, 0]
         H, D = q.shape[1:]
         kvh = k.shape[1]
         g = H // kvh

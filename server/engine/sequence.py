@@ -95,10 +95,10 @@ class Detokenizer:
         """Text the latest token adds, and whether a stop string was hit."""
         full = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
         stops = seq.params.stop
-        for stop in stops:
-            at = full.find(stop, max(0, len(seq.text) - len(stop) + 1))
-            if at != -1:
-                return self._emit(seq, full[:at]), True
+        hits = [full.find(stop, max(0, len(seq.text) - len(stop) + 1)) for stop in stops]
+        hits = [at for at in hits if at != -1]
+        if hits:  # the earliest occurrence wins, whatever the list order
+            return self._emit(seq, full[: min(hits)]), True
         if full.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
             return "", False
         keep = max((_overlap(full, s) for s in stops), default=0)
