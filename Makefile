@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 HOST ?= 127.0.0.1
+# extra flags for `quietstar serve`, e.g. ARGS="--device cuda"
+ARGS ?=
 # CPU build available here. GPU users: install your CUDA torch into .venv first; it is kept.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 serve: install
-	$(VENV)/bin/quietstar serve --model default --host $(HOST) --port $(PORT)
+	$(VENV)/bin/quietstar serve --model default --host $(HOST) --port $(PORT) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q
