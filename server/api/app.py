@@ -92,6 +92,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(_load(app))
     else:
         state.engine.start()
+        state.status = "ready"  # again, if this app is started after a shutdown (tests)
     try:
         yield
     finally:

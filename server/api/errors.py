@@ -101,6 +101,9 @@ def from_validation_errors(errors: Sequence[Any]) -> APIError:
         return bad_request(f"{union}: invalid value; expected one of: {', '.join(forms)}", union)
     param = param_path(loc)
     if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
+        if isinstance(error.get("input"), bytes | str):  # FastAPI left a non-JSON body as is
+            return bad_request("the request body was not parsed as JSON: send the header "
+                               "`Content-Type: application/json`", code="invalid_json")
         return bad_request("the request body must be a JSON object")
     if kind == "missing":
         return bad_request(f"{param} is required", param)

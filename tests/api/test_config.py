@@ -1,0 +1,87 @@
+"""`quietstar serve` flags -> ServerConfig (containing the EngineConfig), validation, env."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from server import __main__ as server_main
+from server import env
+from server.config import (
+    DEFAULT_EFFORT_TOKENS,
+    RequestDefaults,
+    ServerConfig,
+    build_parser,
+    from_args,
+    parse_effort_tokens,
+)
+from server.engine import EngineConfig
+
+
+def test_defaults_compose_an_engine_config(monkeypatch):
+    monkeypatch.delenv(env.API_KEY, raising=False)
+    config = from_args([])
+    assert isinstance(config.engine, EngineConfig) and config.engine == EngineConfig()
+    assert (config.host, config.port, config.api_key, config.thoughts) == (
+        "127.0.0.1", 8000, None, "auto")
+    assert config.reasoning_effort_tokens == DEFAULT_EFFORT_TOKENS
+    assert config.model_name == "default"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1
+
+
+def test_flags_reach_both_configs(monkeypatch):
+    monkeypatch.setenv(env.API_KEY, "from-env")
+    config = from_args([
+        "--model", "/ckpt", "--max-model-len", "512", "--max-num-seqs", "4", "--dtype", "float32",
+        "--port", "9001", "--served-model-name", "qs", "--queue-size", "0",
+        "--cors-origins", "http://a, http://b", "--max-body-bytes", "1000", "--thoughts", "on",
+        "--thought-tokens", "6", "--thought-count", "2", "--reasoning-effort-tokens", "low=1,high=9",
+        "--log-level", "debug",
+    ])
+    assert config.engine.model == "/ckpt" and config.engine.max_model_len == 512
+    assert config.engine.max_num_seqs == 4 and config.engine.dtype == "float32"
+    assert (config.port, config.model_name, config.queue_size) == (9001, "qs", 0)
+    assert config.cors_origins == ("http://a", "http://b") and config.max_body_bytes == 1000
+    assert (config.thoughts, config.thought_tokens, config.thought_count) == ("on", 6, 2)
+    assert config.reasoning_effort_tokens == {"low": 1, "high": 9}
+    assert config.api_key == "from-env" and config.log_level == "debug"
+    assert from_args(["--api-key", "flag"]).api_key == "flag"  # the flag wins
+
+
+@pytest.mark.parametrize("argv", [
+    ["--thoughts", "maybe"], ["--port", "0"], ["--thought-count", "99"],
+    ["--thought-tokens", "33"], ["--reasoning-effort-tokens", "huge=3"],
+    ["--reasoning-effort-tokens", "low"], ["--max-model-len", "0"], ["--queue-size", "-1"],
+])
+def test_bad_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        from_args(argv)
+    assert info.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_every_flag_has_help_and_a_group():
+    parser = build_parser()
+    titles = {g.title for g in parser._action_groups}
+    assert {"model and engine", "HTTP server", "default thought settings", "logging"} <= titles
+    for action in parser._actions:
+        assert action.help, action.dest
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert {"--model", "--max-num-seqs", "--queue-size", "--reasoning-effort-tokens"} <= flags
+
+
+def test_main_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as info:
+        server_main.main(["--help"])
+    assert info.value.code == 0 and "quietstar serve" in capsys.readouterr().out
+
+
+def test_effort_parsing_and_request_defaults():
+    assert parse_effort_tokens("minimal=2, low=4,") == {"minimal": 2, "low": 4}
+    info = {"max_model_len": 300, "thought_tokens": 5, "heads_trained": False}
+    auto = RequestDefaults.resolve(ServerConfig(), info)
+    assert not auto.thoughts_enabled and auto.max_model_len == 300
+    assert auto.trained_thought_tokens == 5
+    assert RequestDefaults.resolve(ServerConfig(thoughts="on"), info).thoughts_enabled
+    assert RequestDefaults.resolve(ServerConfig(), {**info, "heads_trained": True}).thoughts_enabled

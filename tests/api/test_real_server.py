@@ -1,0 +1,241 @@
+"""End to end: a real `python -m server` subprocess on a tiny random checkpoint, driven with the
+official `openai` SDK (chat, streaming usage, n, stop, seeds, logprobs, thoughts, reasoning
+effort, scoring), plus a dropped stream that frees its engine slot and a clean SIGTERM exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from api_fakes import root_conftest
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(checkpoint: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, Any]]:
+    port = free_port()
+    log = open(checkpoint.parent / f"server-{port}.log", "w+b")  # noqa: SIM115 - read on failure
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--model", str(checkpoint), "--port", str(port),
+         "--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "4",
+         "--num-threads", "1", "--api-key", API_KEY, "--served-model-name", "tiny", *flags],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, _tail(log)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "server not healthy in 120 s\n" + _tail(log)
+            time.sleep(0.2)
+        yield proc, base, log
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def _tail(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return root_conftest.make_hf_checkpoint(tmp_path_factory.mktemp("real-server") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint) -> Iterator[str]:
+    with running_server(checkpoint) as (_, base, _):
+        yield base
+
+
+@pytest.fixture
+def sdk(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def chat(sdk: openai.OpenAI, **kwargs):
+    kwargs.setdefault("messages", [{"role": "user", "content": "Hello!"}])
+    kwargs.setdefault("model", "tiny")
+    return sdk.chat.completions.create(**kwargs)
+
+
+def reasoning_tokens(usage) -> int:
+    return usage.completion_tokens_details.reasoning_tokens
+
+
+def test_models_and_auth(server, sdk):
+    card = sdk.models.list().data[0]
+    assert card.id == "tiny" and card.model_extra["max_model_len"] == 256
+    assert card.model_extra["quietstar"]["heads_trained"] is False
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError):
+        chat(sdk, model="gpt-4o", max_tokens=2)
+
+
+def test_chat_and_usage(sdk):
+    r = chat(sdk, max_tokens=6, temperature=0)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+    # untrained heads: thoughts off unless asked
+    assert reasoning_tokens(r.usage) == 0 and r.usage.completion_tokens <= 6
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_stream_with_include_usage(sdk):
+    chunks = list(chat(sdk, max_tokens=5, stream=True, stream_options={"include_usage": True},
+                       extra_body={"thoughts": {"tokens": 2}}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    visible = usage.completion_tokens - reasoning_tokens(usage)
+    assert 1 <= visible <= 5 and reasoning_tokens(usage) == 2 * visible
+
+
+def test_n_choices(sdk):
+    r = chat(sdk, max_tokens=3, n=2, seed=1)
+    assert [c.index for c in r.choices] == [0, 1]
+
+
+def test_stop_string_cuts_the_text(sdk):
+    free = chat(sdk, max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
+    text = free.choices[0].message.content
+    stop = next((ch for ch in text[1:] if ch.isascii() and ch.isalnum()), None)
+    if stop is None:
+        pytest.skip(f"greedy text has no ASCII letter to stop on: {text!r}")
+    r = chat(sdk, max_tokens=24, temperature=0, stop=[stop], extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == text[:text.index(stop)]
+
+
+def test_seed_reproducibility_with_thoughts(sdk):
+    body = {"thoughts": {"enabled": True, "tokens": 2}, "ignore_eos": True}
+    a, b, c = (chat(sdk, max_tokens=12, temperature=1.0, seed=s, extra_body=body)
+               for s in (42, 42, 7))
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.choices[0].message.content != c.choices[0].message.content
+
+
+def test_chat_logprobs(sdk):
+    r = chat(sdk, max_tokens=4, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == 4
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+
+
+def test_thoughts_on_off_include(sdk):
+    body = {"thoughts": {"enabled": True, "tokens": 3, "count": 2, "include": True},
+            "ignore_eos": True}
+    on = chat(sdk, max_tokens=4, extra_body=body)
+    message, choice = on.choices[0].message, on.choices[0]
+    assert reasoning_tokens(on.usage) == 4 * 3 * 2
+    assert isinstance(message.model_extra["reasoning"], str)
+    entries = choice.model_extra["thoughts"]
+    assert len(entries) == 4
+    assert all(len(e["thought_ids"]) == 2 and len(e["thought_ids"][0]) == 3 for e in entries)
+    assert all(len(e["mixing_weights"]) == 2 for e in entries)
+    off = chat(sdk, max_tokens=4, extra_body={"thoughts": {"enabled": False, "include": True}})
+    assert reasoning_tokens(off.usage) == 0 and off.choices[0].message.model_extra["reasoning"] is None
+    hidden = chat(sdk, max_tokens=2, extra_body={"thoughts": {"tokens": 2}, "ignore_eos": True})
+    assert reasoning_tokens(hidden.usage) == 4 and hidden.choices[0].message.model_extra["reasoning"] is None
+
+
+def test_reasoning_effort(sdk):
+    low = chat(sdk, max_tokens=3, reasoning_effort="low", extra_body={"ignore_eos": True})
+    assert reasoning_tokens(low.usage) == 3 * 4  # default map: low = 4 thought tokens
+    none = chat(sdk, max_tokens=3, reasoning_effort="none")
+    assert reasoning_tokens(none.usage) == 0
+
+
+def test_scoring_via_completions_echo(sdk):
+    prompt = "The cat sat on the mat"
+    for thoughts in (False, True):
+        r = sdk.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True,
+                                   logprobs=2, extra_body={"thoughts": {"enabled": thoughts}})
+        lp = r.choices[0].logprobs
+        assert r.choices[0].text == prompt and len(lp.tokens) == len(prompt)
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        assert all(v <= 0 for v in lp.token_logprobs[1:])
+        assert all(len(t) <= 2 for t in lp.top_logprobs[1:])
+        assert (reasoning_tokens(r.usage) > 0) is thoughts
+    one = sdk.completions.create(model="tiny", prompt=[[5, 6, 7]], max_tokens=1, echo=True,
+                                 logprobs=1, temperature=0)
+    assert len(one.choices[0].logprobs.tokens) == 4  # 3 prompt tokens + 1 generated
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_dropped_stream_frees_the_engine_slot(server):
+    body = {"model": "tiny", "prompt": "Once", "max_tokens": 200, "stream": True,
+            "ignore_eos": True, "thoughts": {"tokens": 8}}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", f"{server}/v1/completions", json=body, headers=headers) as response:
+        events = (line for line in response.iter_lines() if line.startswith("data:"))
+        for _ in range(3):
+            next(events)
+        assert metric(server, "quietstar_num_requests_running") == 1
+    deadline = time.monotonic() + 10
+    while metric(server, "quietstar_num_requests_running") != 0:
+        assert time.monotonic() < deadline, "the engine kept running the dropped request"
+        time.sleep(0.05)
+    assert metric(server, 'quietstar_requests_total{endpoint="completions",outcome="aborted"}') >= 1
+
+
+def test_sigterm_exits_cleanly_during_a_stream(checkpoint):
+    with running_server(checkpoint, "--shutdown-timeout", "2") as (proc, base, log):
+        body = {"model": "tiny", "prompt": "Once", "max_tokens": 200, "stream": True,
+                "ignore_eos": True, "thoughts": {"tokens": 8}}
+        with httpx.Client(timeout=60) as client, client.stream(
+                "POST", f"{base}/v1/completions", json=body,
+                headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data:"))
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(httpx.HTTPError):  # cut when --shutdown-timeout ends
+                for _ in lines:
+                    pass
+        # uvicorn re-raises the signal after its graceful shutdown, so the status says SIGTERM
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        text = _tail(log)
+        assert "stopping the engine" in text and "Finished server process" in text, text
+        assert "Traceback" not in text, text
