@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hf_checkpoint
 from logit_checks import assert_logits_close
+from qs_support import make_hf_checkpoint
 
 import quietstar
 from quietstar.llama import DenseCausalAttention

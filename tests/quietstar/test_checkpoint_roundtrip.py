@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import make_hf_checkpoint, randomize_heads
+from qs_support import make_hf_checkpoint, randomize_heads
 
 import quietstar
 from quietstar import checkpoint

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_hf_checkpoint, randomize_heads
+from qs_support import make_hf_checkpoint, randomize_heads
 from safetensors import safe_open
 from test_release_layout import make_release_checkpoint
 from tiny_gguf import write_tiny_gguf

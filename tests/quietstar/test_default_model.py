@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_hf_checkpoint
+from qs_support import make_hf_checkpoint
 from safetensors import safe_open
 from tiny_gguf import write_tiny_gguf
 

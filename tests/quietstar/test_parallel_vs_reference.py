@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hf_checkpoint, randomize_heads
 from logit_checks import assert_logits_close, finite_max_abs_diff
+from qs_support import make_hf_checkpoint, randomize_heads
 
 import quietstar
 from quietstar.parallel import parallel_thought_forward

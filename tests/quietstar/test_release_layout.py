@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, byte_tokenizer, make_hf_checkpoint
 from logit_checks import assert_logits_close
+from qs_support import TINY, byte_tokenizer, make_hf_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_heads
+from qs_support import randomize_heads
 
 import quietstar
 from quietstar.llama import DenseCausalAttention
