@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import staging_dir
 from .config import CONFIG_FILE, TENSORS_FILE, QuietStarConfig
 from .llama import SUPPORTED_MODEL_TYPES, LlamaBackbone
 from .model import QuietStarModel
@@ -310,8 +311,7 @@ def backbone_state_dict(backbone: LlamaBackbone) -> dict[str, torch.Tensor]:
 def save(model: QuietStarModel, directory: str | os.PathLike, config: QuietStarConfig | None = None) -> Path:
     """Write a complete checkpoint atomically (a temp dir in the same parent, then a rename)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = staging_dir(directory)
     try:
         write_files(model, tmp, config or model.config)
         _replace_dir(tmp, directory)

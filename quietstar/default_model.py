@@ -11,10 +11,10 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from .atomic import staging_dir
 from .env import quietstar_home
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
     start = time.perf_counter()
     log.info("converting %s -> %s (once)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = staging_dir(target)
     try:
         kwargs = {"gguf_file": gguf.name}
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)

@@ -21,7 +21,7 @@ from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampler import sample_thoughts, sample_visible
 from .sampling_params import SamplingParams, ThoughtParams
 from .scheduler import Scheduler
-from .sequence import Detokenizer, Sequence, SequenceStatus
+from .sequence import Detokenizer, Sequence
 
 log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -38,7 +38,9 @@ class Engine:
             self.model.backbone.fuse_for_inference()
         self.tokenizer = self.model.tokenizer
         bb = self.model.backbone.config
-        self.max_model_len = min(config.max_model_len, getattr(bb, "max_position_embeddings", 1 << 30))
+        # Mistral's sliding window is not implemented: cap the context at it instead.
+        limits = [getattr(bb, "max_position_embeddings", None), getattr(bb, "sliding_window", None)]
+        self.max_model_len = min([config.max_model_len] + [x for x in limits if x])
         head_dim = getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads
         self.cache = KVCache(bb.num_hidden_layers, bb.num_key_value_heads, head_dim,
                              config.max_num_seqs, self.max_model_len, config.max_parallel_thoughts,
