@@ -73,6 +73,14 @@ def _union_member(loc: Sequence[int | str]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _in_model_member(loc: Sequence[int | str]) -> bool:
+    """The error lies in a field of an object that matched a union member (e.g. thoughts.tokens
+    of `thoughts: ThoughtOptions | bool`), so it names the real problem."""
+    _, tag = _union_member(loc)
+    after = loc[list(loc).index(tag) + 1:] if tag is not None else ()
+    return any(isinstance(p, str) and _FIELD.match(p) and p not in _TYPE_TAGS for p in after)
+
+
 def _readable(tag: str | None) -> str:
     """"list[function-after[f(), Part]]" -> "list[Part]" (validators wrap union tags)."""
     tag, wrappers = _WRAPPER.subn("", tag or "")
@@ -96,9 +104,14 @@ def from_validation_errors(errors: Sequence[Any]) -> APIError:
         return bad_request(error["msg"], ctx.get("param") or param_path(loc))
     union, _ = _union_member(loc)
     if union is not None:
-        forms = dict.fromkeys(_readable(tag) for where, tag in map(_union_member, locs)
-                              if where == union)
-        return bad_request(f"{union}: invalid value; expected one of: {', '.join(forms)}", union)
+        inside = [i for i, where in enumerate(locs) if _in_model_member(where)]
+        if not inside:  # the value has none of the union's shapes
+            forms = dict.fromkeys(_readable(tag) for where, tag in map(_union_member, locs)
+                                  if where == union)
+            return bad_request(f"{union}: invalid value; expected one of: {', '.join(forms)}",
+                               union)
+        error = errors[max(inside, key=lambda i: len(param_path(locs[i]) or ""))]
+        loc, kind = tuple(p for p in error["loc"] if p != "body"), error["type"]
     param = param_path(loc)
     if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
         if isinstance(error.get("input"), bytes | str):  # FastAPI left a non-JSON body as is

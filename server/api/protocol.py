@@ -120,9 +120,11 @@ class ChatCompletionRequest(EngineRequest):
                                 "top probability")
     ignore_eos: bool | None = Field(None, description="keep generating past end-of-sequence")
     stop_token_ids: list[int] | None = Field(None, description="token ids that end a choice")
-    thoughts: ThoughtOptions | None = Field(None, description="Quiet-STaR thought controls; "
-                                            "wins over reasoning_effort / include_reasoning")
-    include_reasoning: bool | None = Field(None, description="alias of thoughts.include")
+    thoughts: ThoughtOptions | bool | None = Field(
+        None, description="Quiet-STaR thought controls (true/false: just `enabled`); they win "
+        "over reasoning_effort / include_reasoning")
+    include_reasoning: bool | None = Field(None, description="alias of thoughts.include "
+                                           "(default false)")
 
     @field_validator("modalities")
     @classmethod
@@ -190,9 +192,11 @@ class CompletionRequest(EngineRequest):
     stop_token_ids: list[int] | None = Field(None, description="token ids that end a choice")
     reasoning_effort: Effort | None = Field(None, description="thought length preset (`none`: "
                                             "thoughts off), as on chat")
-    thoughts: ThoughtOptions | None = Field(None, description="Quiet-STaR thought controls; "
-                                            "wins over reasoning_effort / include_reasoning")
-    include_reasoning: bool | None = Field(None, description="alias of thoughts.include")
+    thoughts: ThoughtOptions | bool | None = Field(
+        None, description="Quiet-STaR thought controls (true/false: just `enabled`); they win "
+        "over reasoning_effort / include_reasoning")
+    include_reasoning: bool | None = Field(None, description="alias of thoughts.include "
+                                           "(default false)")
 
     @field_validator("prompt")
     @classmethod

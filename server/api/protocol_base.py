@@ -1,9 +1,12 @@
 """The request base: strict types, rejection of unsupported fields, the Quiet-STaR thought
 controls, and the mapping of a request onto the engine's SamplingParams (`to_sampling_params`).
 
-Thought settings resolve field by field: `thoughts.*`, then `reasoning_effort` (a length preset
-from --reasoning-effort-tokens; `none` turns thoughts off), then the server defaults;
-`include_reasoning` is an alias of `thoughts.include`.
+Thought settings resolve field by field: `thoughts.*` (or `thoughts: true|false`), then
+`reasoning_effort` (a length preset from --reasoning-effort-tokens; `none` turns thoughts off),
+then the server defaults; `include_reasoning` is an alias of `thoughts.include` (default false).
+Token budgets: an omitted max_tokens is clamped to the context left (chat) or to 16 (completions,
+OpenAI's default); an explicit one that does not fit next to the prompt is a 400, as in vLLM.
+`max_completion_tokens` counts thought tokens too (OpenAI counts reasoning tokens in it).
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class EngineRequest(OpenAIModel):
     """What chat and completions share: the mapping onto the engine's SamplingParams."""
 
     def thought_params(self, d: RequestDefaults) -> ThoughtParams:
-        t: ThoughtOptions = getattr(self, "thoughts", None) or ThoughtOptions()
+        t = getattr(self, "thoughts", None)
+        t = ThoughtOptions(enabled=t) if isinstance(t, bool) else t or ThoughtOptions()
         enabled, tokens = d.thoughts_enabled, d.thought_tokens
         effort = getattr(self, "reasoning_effort", None)
         if effort == "none":

@@ -91,6 +91,12 @@ def test_thoughts_win_over_reasoning_effort_field_by_field():
     assert (t.enabled, t.num_tokens, t.count, t.temperature) == (True, 4, 2, 0.5)
 
 
+def test_thoughts_boolean_shorthand():
+    assert not params(thoughts=False).thoughts.enabled
+    t = params(d=defaults(thoughts_enabled=False), thoughts=True, reasoning_effort="low").thoughts
+    assert t.enabled and t.num_tokens == 4
+
+
 def test_asking_for_a_length_turns_thoughts_on():
     d = defaults(thoughts_enabled=False)
     assert params(d=d, thoughts={"tokens": 2}).thoughts.enabled
