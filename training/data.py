@@ -14,10 +14,13 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Sampler
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ def read_documents(
 
 
 def _read_local(path: Path, extract: Extractor) -> Iterator[str]:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; pass one data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix not in LOCAL_SUFFIXES:
@@ -181,7 +186,9 @@ def split_documents(docs: list[str], fraction: float, seed: int) -> tuple[list[s
 # ---------------------------------------------------------------- windows
 
 
-def make_windows(docs: Iterable[str], tokenizer, seq_len: int, seed: int) -> Windows:
+def make_windows(
+    docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_len: int, seed: int
+) -> Windows:
     """spec §3.1: a random seq_len window per document (seeded), or right-padding."""
     rng = random.Random(seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

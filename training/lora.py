@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ class LoraAdapters(nn.Module):
         if not self.adapters:
             raise ValueError(f"no Linear layer of the backbone is named any of {list(targets)}")
 
-    def _hook(self, key: str):
+    def _hook(self, key: str) -> Callable[[nn.Linear, tuple, torch.Tensor], torch.Tensor]:
         def add_low_rank(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             return output + self.adapters[key](inputs[0])
 

@@ -55,7 +55,7 @@ class MetricsLog:
             self.writer.close()
 
 
-def _tensorboard_writer(directory: Path):
+def _tensorboard_writer(directory: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

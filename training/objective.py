@@ -104,7 +104,9 @@ class QuietStarObjective(nn.Module):
         return ObjectiveOutput(losses, *_diagnostics(losses, out, key_mask), num_tokens)
 
 
-def _diagnostics(losses: LossTerms, out: ParallelThoughtOutput, key_mask: torch.Tensor):
+def _diagnostics(
+    losses: LossTerms, out: ParallelThoughtOutput, key_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean reward over rewarded real positions, mean w, std w over scored positions)."""
     R = losses.reward.shape[1]
     rewarded = target_mask(key_mask)[:, :R]

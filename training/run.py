@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 
 from . import checkpointing as ckpt
 from .config import TrainConfig
@@ -102,7 +104,9 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def setup(cfg: TrainConfig, accelerator: Accelerator, resume: Path | None):
+def setup(
+    cfg: TrainConfig, accelerator: Accelerator, resume: Path | None
+) -> tuple[Run, DataLoader, Windows | None]:
     """-> (Run, train dataloader, eval windows or None)."""
     train_docs, eval_docs = load_corpus(cfg)  # 1) data first: bad data fails before the model
     state = ckpt.load_trainer_state(resume) if resume else None
@@ -145,10 +149,8 @@ def build_objective(
     return QuietStarObjective(model, cfg, lora)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: lr_factor(t, cfg.warmup_steps, cfg.schedule_steps)
-    )
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> LambdaLR:
+    return LambdaLR(optimizer, lambda t: lr_factor(t, cfg.warmup_steps, cfg.schedule_steps))
 
 
 def restore(

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +22,9 @@ from .data import Windows
 from .evaluation import evaluate
 from .objective import ObjectiveOutput, thought_seed
 from .run import Run, make_accelerator, setup
+
+if TYPE_CHECKING:
+    from quietstar import QuietStarModel
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ def _trainer_state(run: Run) -> dict[str, Any]:
     }
 
 
-def _full_params(run: Run, rank0_only: bool):
+def _full_params(run: Run, rank0_only: bool) -> contextlib.AbstractContextManager:
     """FSDP: gather the full parameters while rank 0 saves or evaluates the unwrapped model."""
     if not run.cfg.fsdp:
         return contextlib.nullcontext()
@@ -128,7 +131,7 @@ def _full_params(run: Run, rank0_only: bool):
     )
 
 
-def _model(run: Run):
+def _model(run: Run) -> QuietStarModel:
     return run.accelerator.unwrap_model(run.objective).model
 
 

@@ -120,3 +120,31 @@ def test_split_documents_is_deterministic_and_disjoint():
     assert (train, held) == split_documents(docs, 0.25, seed=3)
     assert len(held) == 5 and not set(train) & set(held) and len(train) == 15
     assert split_documents(docs, 0.0, seed=3) == (docs, [])
+
+
+def test_hub_datasets_are_streamed_and_capped(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return iter([{"text": f"doc {i}"} for i in range(10)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    docs = read_documents("org/corpus", TEXT, max_docs=3, hub_config="en", hub_split="train")
+    assert docs == ["doc 0", "doc 1", "doc 2"]
+    assert calls == [("org/corpus", "en", "train", True)]
+
+
+def test_hub_failure_names_the_dataset(monkeypatch, tmp_path):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="org/corpus: not a local file and cannot load it"):
+        read_documents("org/corpus", TEXT)
+    with pytest.raises(DataError, match="is a directory"):
+        read_documents(str(tmp_path), TEXT)
