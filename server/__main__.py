@@ -1,14 +1,19 @@
 """`quietstar serve` / `python -m server`: parse flags, build the app, run uvicorn.
 
-uvicorn handles SIGINT/SIGTERM: it stops accepting connections, lets running requests finish
-for --shutdown-timeout seconds, then the app's lifespan stops the engine.
+On SIGINT/SIGTERM uvicorn stops accepting connections; running requests get --shutdown-timeout
+seconds to finish, then are aborted (`server.api.drain`), and the lifespan stops the engine.
+uvicorn re-raises the signal once it is done, so the exit status reports it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sys
 
 from server.config import configure_logging, from_args
+
+DRAIN_MARGIN_S = 10.0  # aborted streams get this long to send their error event
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,12 +21,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level)
     import uvicorn
 
-    from server.api import build_app
+    from server.api import build_app, drain
 
     app = build_app(config)
-    server = uvicorn.Server(uvicorn.Config(
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            draining = asyncio.create_task(drain(app, config.shutdown_timeout))
+            try:
+                await super().shutdown(sockets)
+            finally:
+                draining.cancel()
+
+    server = Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=config.log_level,
-        timeout_graceful_shutdown=config.shutdown_timeout,
+        timeout_graceful_shutdown=config.shutdown_timeout + DRAIN_MARGIN_S,
     ))
     app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
     server.run()

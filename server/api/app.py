@@ -2,8 +2,9 @@
 
 With no engine given, the lifespan loads one in the background: the server answers at once,
 /health says 503 until the model is ready, and a failed load stops the server
-(`app.state.on_load_failure`). Shutdown (SIGTERM via uvicorn) stops the engine; requests still
-running end as aborted.
+(`app.state.on_load_failure`). On SIGTERM, `drain` reports "stopping" on /health, lets running
+requests finish for --shutdown-timeout seconds, then stops the engine so the rest end as aborted
+(an error event on streams); the lifespan's end stops it in any case.
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ async def _load(app: FastAPI) -> None:
         state.status, state.load_error = "failed", f"{type(e).__name__}: {e}"
         if state.on_load_failure is not None:
             state.on_load_failure()
+
+
+async def drain(app: FastAPI, timeout: float) -> None:
+    """The server stopped accepting connections: finish or abort what is still running."""
+    app.state.status = "stopping"
+    await asyncio.sleep(timeout)
+    if app.state.engine is not None and app.state.admission.in_flight:
+        log.info("%d request(s) still running after %.0fs: aborting them",
+                 app.state.admission.in_flight, timeout)
+        await asyncio.to_thread(app.state.engine.shutdown)
 
 
 @asynccontextmanager
