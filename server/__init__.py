@@ -1,1 +1,1 @@
-"""OpenAI-compatible serving of Quiet-STaR models: `engine/` (batching, thoughts) and `api/` (HTTP)."""
+"""OpenAI-compatible serving of Quiet-STaR models: `engine/` (batching, thoughts), `api/` (HTTP)."""

@@ -141,7 +141,8 @@ def _answer(request: Request, error: APIError) -> JSONResponse:
     """The envelope; counts the request unless a generation job already did."""
     endpoint = GENERATION_ENDPOINTS.get(request.url.path)
     if endpoint is not None and getattr(request.state, "job", None) is None:
-        outcome = "rejected" if error.status == 429 else "invalid" if error.status < 500 else "error"
+        status = error.status
+        outcome = "rejected" if status == 429 else "invalid" if status < 500 else "error"
         request.app.state.metrics.count_request(endpoint, outcome)
     return error.response()
 

@@ -117,7 +117,8 @@ class EngineRequest(OpenAIModel):
         budget = self.max_tokens
         total = getattr(self, "max_completion_tokens", None)
         if total is not None:
-            length = d.trained_thought_tokens if thoughts.num_tokens is None else thoughts.num_tokens
+            length = thoughts.num_tokens
+            length = d.trained_thought_tokens if length is None else length
             per_token = 1 + (thoughts.count * length if thoughts.enabled else 0)
             if total < per_token:
                 raise bad_request(f"max_completion_tokens ({total}) must cover at least one "

@@ -1,8 +1,8 @@
 """Response models: chat and completions (full and streamed), usage, logprobs, models, errors.
 
-OpenAI schema names (openapi.yaml): CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
-CreateCompletionResponse, CompletionUsage, ListModelsResponse, ErrorResponse. Quiet-STaR
-additions are marked "not in OpenAI spec".
+OpenAI schema names (openapi.yaml): CreateChatCompletionResponse,
+CreateChatCompletionStreamResponse, CreateCompletionResponse, CompletionUsage, ListModelsResponse,
+ErrorResponse. Quiet-STaR additions are marked "not in OpenAI spec".
 """
 
 from __future__ import annotations

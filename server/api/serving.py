@@ -1,6 +1,6 @@
-"""Protocol <-> engine: request preparation (model, params, validation, admission), the
-generation `Job` (merged engine streams, per-choice state, metrics, abort) and the two drivers:
-collect-then-respond (abort when the client disconnects) and server-sent events."""
+"""Protocol <-> engine: request preparation (model check, sampling params, engine validation,
+admission) into a `Job`, and the two drivers: collect-then-respond (aborting when the client
+disconnects) and server-sent events (an error event, never [DONE], after a failure)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class Serving:
 
     def __init__(self, engine: Any, defaults: RequestDefaults, metrics: ServerMetrics,
                  admission: Admission) -> None:
-        self.engine, self.defaults, self.metrics, self.admission = engine, defaults, metrics, admission
+        self.engine, self.defaults = engine, defaults
+        self.metrics, self.admission = metrics, admission
         self.text = formatting.TokenText(engine.tokenizer)
         self.created = int(time.time())
         info = json.dumps(engine.model_info, sort_keys=True, default=str)
@@ -86,7 +87,8 @@ class Serving:
             for prompt in prompts:
                 self.engine.validate(prompt, params)
         except ValueError as e:
-            raise bad_request(str(e), self._param_of(str(e), body)) from e
+            prompt_fits = max(map(len, prompts)) < self.defaults.max_model_len
+            raise bad_request(str(e), self._param_of(str(e), body, prompt_fits)) from e
         self.admission.acquire()
         endpoint = "chat" if isinstance(body, ChatCompletionRequest) else "completions"
         th = params.thoughts
@@ -98,13 +100,17 @@ class Serving:
                    self.admission)
 
     @staticmethod
-    def _param_of(message: str, body: Any) -> str | None:
+    def _param_of(message: str, body: Any, prompt_fits: bool) -> str | None:
+        """The request field an engine.validate message is about."""
         if "thought tokens" in message:
             return "thoughts.tokens"
         if "thought count" in message:
             return "thoughts.count"
-        if "completion tokens" in message and body.max_tokens is not None:
-            return "max_tokens"
+        if "completion tokens" in message and prompt_fits:
+            if body.max_tokens is not None:
+                return "max_tokens"
+            if getattr(body, "max_completion_tokens", None) is not None:
+                return "max_completion_tokens"
         return "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
 
     async def respond(self, job: Job, builder: Builder, request: Request) -> Response:

@@ -68,7 +68,8 @@ class FakeEngine:
         self.model_info = {"max_model_len": max_model_len, "thought_tokens": thought_tokens,
                            "n_ahead": thought_tokens + 3, "heads_trained": heads_trained,
                            "source": "fake", "dtype": "float32", "device": "cpu"}
-        self.max_thought_tokens, self.max_parallel_thoughts = max_thought_tokens, max_parallel_thoughts
+        self.max_thought_tokens = max_thought_tokens
+        self.max_parallel_thoughts = max_parallel_thoughts
         self.step_s = step_s
         self.gate: asyncio.Event | None = None
         self.fail_after: int | None = None
@@ -104,7 +105,8 @@ class FakeEngine:
                              f"{params.max_tokens} completion tokens")
 
     def thought_length(self, thoughts: ThoughtParams) -> int:
-        return self.model_info["thought_tokens"] if thoughts.num_tokens is None else thoughts.num_tokens
+        trained = self.model_info["thought_tokens"]
+        return trained if thoughts.num_tokens is None else thoughts.num_tokens
 
     def _token(self, token_id: int, params: SamplingParams) -> TokenOutput:
         th, logprob, top = params.thoughts, None, None
@@ -150,7 +152,8 @@ class FakeEngine:
                     if self.abort_all:
                         reason = FinishReason.ABORT
                     elif hit:
-                        token.text = token.text[:len(token.text) - (len(texts[i]) - texts[i].index(hit[0]))]
+                        overshoot = len(texts[i]) - texts[i].index(hit[0])
+                        token.text = token.text[:len(token.text) - overshoot]
                         reason = FinishReason.STOP
                     elif step + 1 >= params.max_tokens:
                         reason = FinishReason.LENGTH

@@ -37,7 +37,8 @@ def test_flags_reach_both_configs(monkeypatch):
         "--model", "/ckpt", "--max-model-len", "512", "--max-num-seqs", "4", "--dtype", "float32",
         "--port", "9001", "--served-model-name", "qs", "--queue-size", "0",
         "--cors-origins", "http://a, http://b", "--max-body-bytes", "1000", "--thoughts", "on",
-        "--thought-tokens", "6", "--thought-count", "2", "--reasoning-effort-tokens", "low=1,high=9",
+        "--thought-tokens", "6", "--thought-count", "2",
+        "--reasoning-effort-tokens", "low=1,high=9",
         "--log-level", "debug",
     ])
     assert config.engine.model == "/ckpt" and config.engine.max_model_len == 512

@@ -130,7 +130,8 @@ async def test_shutdown_mid_stream_is_an_abort_error_event():
     engine.abort_all = True
     app, _ = make_app(engine)
     async with client(app) as c:
-        events = sse_events((await c.post("/v1/completions", json={**COMPLETION, "stream": True})).text)
+        r = await c.post("/v1/completions", json={**COMPLETION, "stream": True})
+    events = sse_events(r.text)
     assert "[DONE]" not in events and events[-1]["error"]["code"] == "aborted"
 
 

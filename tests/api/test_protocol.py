@@ -43,7 +43,8 @@ def test_sampling_fields_map_onto_engine_params():
                stop_token_ids=[5], logprobs=True, top_logprobs=3)
     assert (p.temperature, p.top_p, p.top_k, p.min_p, p.seed) == (0.0, 0.5, 0, 0.1, 3)
     assert (p.stop, p.stop_token_ids, p.max_tokens, p.n) == (("x",), (5,), 7, 2)
-    assert (p.presence_penalty, p.frequency_penalty, p.ignore_eos, p.logprobs) == (1.0, -1.0, True, 3)
+    assert (p.presence_penalty, p.frequency_penalty) == (1.0, -1.0)
+    assert (p.ignore_eos, p.logprobs) == (True, 3)
     assert params(logprobs=True).logprobs == 0 and params().logprobs is None
     assert params().temperature == 1.0 and params().top_p == 1.0
 

@@ -171,9 +171,11 @@ def test_thoughts_on_off_include(sdk):
     assert all(len(e["thought_ids"]) == 2 and len(e["thought_ids"][0]) == 3 for e in entries)
     assert all(len(e["mixing_weights"]) == 2 for e in entries)
     off = chat(sdk, max_tokens=4, extra_body={"thoughts": {"enabled": False, "include": True}})
-    assert reasoning_tokens(off.usage) == 0 and off.choices[0].message.model_extra["reasoning"] is None
+    assert reasoning_tokens(off.usage) == 0
+    assert off.choices[0].message.model_extra["reasoning"] is None
     hidden = chat(sdk, max_tokens=2, extra_body={"thoughts": {"tokens": 2}, "ignore_eos": True})
-    assert reasoning_tokens(hidden.usage) == 4 and hidden.choices[0].message.model_extra["reasoning"] is None
+    assert reasoning_tokens(hidden.usage) == 4
+    assert hidden.choices[0].message.model_extra["reasoning"] is None
 
 
 def test_reasoning_effort(sdk):
@@ -201,7 +203,8 @@ def test_scoring_via_completions_echo(sdk):
 
 def metric(base: str, name: str) -> float:
     text = httpx.get(f"{base}/metrics").text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+    lines = text.splitlines()
+    return float(next(line.split()[-1] for line in lines if line.startswith(name + " ")))
 
 
 def test_dropped_stream_frees_the_engine_slot(server):

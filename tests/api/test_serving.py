@@ -37,7 +37,8 @@ async def test_chat_response_shape_and_usage():
     assert usage["completion_tokens"] == 5 + 15
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     request_id, prompt, params = engine.requests[0]
-    assert prompt == engine.tokenizer("<user>Hi\n<assistant>", add_special_tokens=False)["input_ids"]
+    rendered = engine.tokenizer("<user>Hi\n<assistant>", add_special_tokens=False)
+    assert prompt == rendered["input_ids"]
     assert params.thoughts.enabled and params.thoughts.num_tokens is None
 
 
@@ -91,7 +92,8 @@ async def test_chat_stream_without_usage_has_no_usage_key():
 
 async def test_chat_reasoning_and_thoughts_when_included():
     app, _ = make_app()
-    r = await post(app, "/v1/chat/completions", {**CHAT, "max_tokens": 3, "include_reasoning": True})
+    body = {**CHAT, "max_tokens": 3, "include_reasoning": True}
+    r = await post(app, "/v1/chat/completions", body)
     choice = r.json()["choices"][0]
     assert choice["message"]["reasoning"] == "hmm\nhmm\nhmm\n"
     assert [t["token"] for t in choice["thoughts"]] == list(REPLY[:3])
@@ -162,7 +164,8 @@ async def test_completion_token_prompts_and_echo():
 
 async def test_completion_logprobs_legacy_format():
     app, _ = make_app()
-    data = (await post(app, "/v1/completions", {**COMPLETION, "max_tokens": 3, "logprobs": 1})).json()
+    body = {**COMPLETION, "max_tokens": 3, "logprobs": 1}
+    data = (await post(app, "/v1/completions", body)).json()
     lp = data["choices"][0]["logprobs"]
     assert lp["tokens"] == ["H", "e", "l"] and lp["token_logprobs"] == [-0.5] * 3
     assert lp["top_logprobs"] == [{"H": -0.5}, {"e": -0.5}, {"l": -0.5}]
