@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,16 +67,16 @@ def _step_metrics(run: Run, out: ObjectiveOutput, grad_norm, lr: float, seconds:
 # ---------------------------------------------------------------- evaluation and checkpoints
 
 
-def maybe_evaluate(run: Run, windows: Windows | None, final: bool) -> dict | None:
+def maybe_evaluate(run: Run, windows: Windows | None, final: bool) -> bool:
+    """Held-out eval when due (on every process alike); rank 0 computes, logs and records it."""
     cfg = run.cfg
     due = final or (cfg.eval_every > 0 and run.step % cfg.eval_every == 0)
     if windows is None or not due:
-        return None
-    result = None
+        return False
     with _full_params(run, rank0_only=False):
         if run.accelerator.is_main_process:
-            result = {"kind": "eval", "step": run.step, **evaluate(_model(run), windows, cfg)}
-            run.metrics.write(result)
+            result = evaluate(_model(run), windows, cfg)
+            run.metrics.write({"kind": "eval", "step": run.step, **result})
             log.info(
                 "eval step %d: NLL base %.4f thought %.4f | hardest 10%%: base %.4f thought %.4f",
                 run.step,
@@ -85,7 +86,7 @@ def maybe_evaluate(run: Run, windows: Windows | None, final: bool) -> dict | Non
                 result["eval_hard_thought_nll"],
             )
         run.accelerator.wait_for_everyone()
-    return result
+    return True
 
 
 def save_checkpoint(run: Run) -> Path:
@@ -139,39 +140,47 @@ def _model(run: Run) -> QuietStarModel:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run training; returns the final step directory (a servable checkpoint)."""
+    """Run training; returns the final step directory (a servable checkpoint). Resuming a
+    finished run trains nothing and evaluates its final checkpoint (e.g. on more windows)."""
     accelerator = make_accelerator(cfg)
     resume = ckpt.resolve_resume(cfg)
     run, loader, eval_windows = setup(cfg, accelerator, resume)
     if accelerator.is_main_process:
         (Path(cfg.out) / "train_config.json").write_text(cfg.to_json())
-    last_saved = run.step if resume else None
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=run.step,
-        disable=not accelerator.is_main_process,
-        desc="train",
-        dynamic_ncols=True,
-    )
     with logging_redirect_tqdm():
-        for batch in loader:
-            record = train_step(run, batch)
-            if run.metrics is not None:
-                run.metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", reward=f"{record['reward_mean']:.3g}")
-            bar.update()
-            maybe_evaluate(run, eval_windows, final=False)
-            if run.step % cfg.save_every == 0:
-                save_checkpoint(run)
-                last_saved = run.step
-        bar.close()
-        final_dir = (
-            save_checkpoint(run) if last_saved != run.step else ckpt.step_dir(cfg.out, run.step)
-        )
-        if cfg.eval_every == 0 or run.step % cfg.eval_every:
+        saved, evaluated = _loop(run, loader, eval_windows, saved=run.step if resume else None)
+        final_dir = ckpt.step_dir(cfg.out, run.step) if saved == run.step else save_checkpoint(run)
+        if evaluated != run.step:  # the final model is always evaluated
             maybe_evaluate(run, eval_windows, final=True)
     _finish(run)
     return final_dir
+
+
+def _loop(
+    run: Run, loader: Iterable, eval_windows: Windows | None, saved: int | None
+) -> tuple[int | None, int | None]:
+    """Step, log, evaluate, checkpoint -> (last saved step, last evaluated step)."""
+    evaluated = None
+    bar = tqdm(
+        total=run.cfg.max_steps,
+        initial=run.step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not run.accelerator.is_main_process,
+    )
+    for batch in loader:
+        record = train_step(run, batch)
+        if run.metrics is not None:
+            run.metrics.write(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", reward=f"{record['reward_mean']:.3g}")
+        bar.update()
+        if maybe_evaluate(run, eval_windows, final=False):
+            evaluated = run.step
+        if run.step % run.cfg.save_every == 0:
+            save_checkpoint(run)
+            saved = run.step
+    bar.close()
+    return saved, evaluated
 
 
 def _finish(run: Run) -> None:

@@ -134,3 +134,9 @@ def test_cli_run_with_eval_writes_jsonl_plot_and_a_loadable_checkpoint(tmp_path)
     assert quietstar.load(out / "step_000002").config.provenance["steps"] == 2
     assert plot_main([str(out), "-o", str(tmp_path / "again.png")]) == 0
     assert (tmp_path / "again.png").is_file()
+    # resuming the finished run trains nothing and re-evaluates the final checkpoint
+    assert main(args + ["--resume", "auto", "--eval-max-windows", "2", "--no-plot"]) == 0
+    again = read_metrics(out)
+    assert [r for r in again if r["kind"] == "train"] == train
+    assert [r["step"] for r in again if r["kind"] == "eval"] == [1, 2, 2]
+    assert again[-1]["eval_tokens"] < evals[-1]["eval_tokens"]
