@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
@@ -73,6 +73,17 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             f"--batch-size {cfg.batch_size} is the global batch; it must be divisible "
             f"by the {accelerator.num_processes} processes"
         )
+    if cfg.fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        log.warning(
+            "--fsdp: accelerate runs %s here (FSDP needs GPU processes); not sharding",
+            accelerator.distributed_type,
+        )
+    log.info(
+        "accelerate: %s, %d process(es), device %s",
+        accelerator.distributed_type,
+        accelerator.num_processes,
+        accelerator.device,
+    )
     return accelerator
 
 
