@@ -81,6 +81,14 @@ def alternate(repeats: int, *fns):
     return [statistics.median(t) for t in times]
 
 
+class Rows(list):
+    """Results, each printed as soon as it is measured (a long run shows its progress)."""
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        print(f"{row['name']}: {row['value']:.2f} (target {row['target']}) {row['detail']}", flush=True)
+
+
 def measure(b: Bench) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
@@ -89,7 +97,7 @@ def measure(b: Bench) -> list[dict]:
     from server.engine import ThoughtParams
 
     a, L = b.args, b.args.thought_tokens
-    rows = []
+    rows = Rows()
     b.hf = AutoModelForCausalLM.from_pretrained(b.model.source, dtype=b.model.dtype).to(a.device)
     b.run(1, 8), b.hf_generate(8)  # warm-up
     eng, hf = alternate(a.repeats, lambda: b.run(1, a.tokens), lambda: b.hf_generate(a.tokens))
