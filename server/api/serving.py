@@ -87,8 +87,7 @@ class Serving:
             for prompt in prompts:
                 self.engine.validate(prompt, params)
         except ValueError as e:
-            prompt_fits = max(map(len, prompts)) < self.defaults.max_model_len
-            raise bad_request(str(e), self._param_of(str(e), body, prompt_fits)) from e
+            raise bad_request(str(e), self._param_of(getattr(e, "param", None), body)) from e
         self.admission.acquire()
         endpoint = "chat" if isinstance(body, ChatCompletionRequest) else "completions"
         th = params.thoughts
@@ -100,18 +99,15 @@ class Serving:
                    self.admission)
 
     @staticmethod
-    def _param_of(message: str, body: Any, prompt_fits: bool) -> str | None:
-        """The request field an engine.validate message is about."""
-        if "thought tokens" in message:
-            return "thoughts.tokens"
-        if "thought count" in message:
-            return "thoughts.count"
-        if "completion tokens" in message and prompt_fits:
-            if body.max_tokens is not None:
-                return "max_tokens"
-            if getattr(body, "max_completion_tokens", None) is not None:
+    def _param_of(param: str | None, body: Any) -> str | None:
+        """The request field behind an engine RequestError's `param`."""
+        if param == "max_tokens":
+            if getattr(body, "max_completion_tokens", None) is not None and body.max_tokens is None:
                 return "max_completion_tokens"
-        return "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+            return "max_tokens"
+        if param in (None, "prompt"):
+            return "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+        return param
 
     async def respond(self, job: Job, builder: Builder, request: Request) -> Response:
         """Collect every choice, then answer once; a client disconnect aborts the job."""

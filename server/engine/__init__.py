@@ -4,9 +4,9 @@ from .async_engine import AsyncEngine
 from .config import EngineConfig
 from .engine import Engine
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
-from .sampling_params import SamplingParams, ThoughtParams
+from .sampling_params import RequestError, SamplingParams, ThoughtParams
 
 __all__ = [
-    "AsyncEngine", "Engine", "EngineConfig", "FinishReason", "RequestOutput", "SamplingParams",
+    "AsyncEngine", "Engine", "EngineConfig", "FinishReason", "RequestError", "RequestOutput", "SamplingParams",
     "ScoreOutput", "ThoughtParams", "TokenOutput",
 ]

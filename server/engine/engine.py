@@ -19,7 +19,7 @@ from .kv_cache import KVCache
 from .model_runner import ModelRunner, StepRows
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampler import sample_thoughts, sample_visible
-from .sampling_params import SamplingParams, ThoughtParams
+from .sampling_params import RequestError, SamplingParams, ThoughtParams
 from .scheduler import Scheduler
 from .sequence import Detokenizer, Sequence
 
@@ -62,29 +62,32 @@ class Engine:
         self._validate_prompt(prompt_ids)
         self._validate_thoughts(params.thoughts)
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(
+            raise RequestError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request "
-                f"has {len(prompt_ids)} prompt tokens and asks for {params.max_tokens} completion tokens"
+                f"has {len(prompt_ids)} prompt tokens and asks for {params.max_tokens} completion tokens",
+                "max_tokens",
             )
 
     def _validate_prompt(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:
-            raise ValueError("the prompt is empty")
+            raise RequestError("the prompt is empty", "prompt")
         vocab = self.model.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+            raise RequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
         if len(prompt_ids) > self.max_model_len:
-            raise ValueError(f"this model's maximum context length is {self.max_model_len} tokens; "
-                             f"the prompt has {len(prompt_ids)}")
+            raise RequestError(f"this model's maximum context length is {self.max_model_len} tokens; "
+                               f"the prompt has {len(prompt_ids)}", "prompt")
 
     def _validate_thoughts(self, th: ThoughtParams) -> None:
         if not th.enabled:
             return
         L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
         if L > self.config.max_thought_tokens:
-            raise ValueError(f"thought tokens {L} exceed this server's maximum of {self.config.max_thought_tokens}")
+            raise RequestError(f"thought tokens {L} exceed this server's maximum of "
+                               f"{self.config.max_thought_tokens}", "thoughts.tokens")
         if th.count > self.config.max_parallel_thoughts:
-            raise ValueError(f"thought count {th.count} exceeds this server's maximum of {self.config.max_parallel_thoughts}")
+            raise RequestError(f"thought count {th.count} exceeds this server's maximum of "
+                               f"{self.config.max_parallel_thoughts}", "thoughts.count")
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         self.validate(prompt_ids, params)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class RequestError(ValueError):
+    """A request the engine cannot serve; `param` names the request field at fault
+    (`prompt`, `max_tokens`, `thoughts.tokens`, `thoughts.count`)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(frozen=True)
 class ThoughtParams:
     enabled: bool = False

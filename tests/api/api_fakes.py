@@ -27,6 +27,7 @@ from server.config import ServerConfig
 from server.engine import (
     EngineConfig,
     FinishReason,
+    RequestError,
     RequestOutput,
     SamplingParams,
     ScoreOutput,
@@ -92,17 +93,21 @@ class FakeEngine:
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
         if not prompt_ids:
-            raise ValueError("the prompt is empty")
+            raise RequestError("the prompt is empty", "prompt")
         if min(prompt_ids) < 0 or max(prompt_ids) >= len(self.tokenizer):
-            raise ValueError(f"prompt token ids must be in [0, {len(self.tokenizer)})")
+            raise RequestError(f"prompt token ids must be in [0, {len(self.tokenizer)})", "prompt")
         th = params.thoughts
         if th.enabled and (th.num_tokens or 0) > self.max_thought_tokens:
-            raise ValueError(f"thought tokens {th.num_tokens} exceed this server's maximum")
+            raise RequestError(f"thought tokens {th.num_tokens} exceed this server's maximum",
+                               "thoughts.tokens")
         limit = self.model_info["max_model_len"]
+        if len(prompt_ids) >= limit:
+            raise RequestError(f"this model's maximum context length is {limit} tokens; the "
+                               f"prompt has {len(prompt_ids)}", "prompt")
         if len(prompt_ids) + params.max_tokens > limit:
-            raise ValueError(f"this model's maximum context length is {limit} tokens; the "
-                             f"request has {len(prompt_ids)} prompt tokens and asks for "
-                             f"{params.max_tokens} completion tokens")
+            raise RequestError(f"this model's maximum context length is {limit} tokens; the "
+                               f"request has {len(prompt_ids)} prompt tokens and asks for "
+                               f"{params.max_tokens} completion tokens", "max_tokens")
 
     def thought_length(self, thoughts: ThoughtParams) -> int:
         trained = self.model_info["thought_tokens"]
