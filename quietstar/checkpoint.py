@@ -147,7 +147,7 @@ def load_backbone(directory: Path, dtype: torch.dtype, device) -> tuple[LlamaBac
     tensors = _read_tensors(files, list(expected.values()))
     for name, key in expected.items():
         _copy_checked(params[name], tensors[key], key, files[key])
-    return backbone, {"files": files, "raw_config": raw_config}
+    return backbone, {"files": files, "raw_config": raw_config, "directory": directory}
 
 
 def load_tokenizer(directory: Path):
@@ -223,26 +223,36 @@ def load(
     path: str | os.PathLike = "default",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    heads: str | os.PathLike | None = None,
 ) -> QuietStarModel:
     """Load `default`, one of our checkpoints, the release layout, or a plain HF Llama-family
-    model (fresh heads, w == 0). The tokenizer is attached as `model.tokenizer`."""
+    model (fresh heads, w == 0). The tokenizer is attached as `model.tokenizer`.
+
+    `heads`: a directory with `quietstar_config.json` + `quietstar.safetensors` whose Quiet-STaR
+    tensors replace the checkpoint's own. `default` uses the heads shipped with the package, when
+    there are any (`quietstar/default_heads/`)."""
     if str(path) == "default":
-        from .default_model import default_model_dir
+        from .default_model import bundled_default_heads, default_model_dir
 
         directory = default_model_dir()
+        heads = heads or bundled_default_heads()
     else:
         directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such model directory")
     backbone, info = load_backbone(directory, dtype, torch.device(device))
     tokenizer = load_tokenizer(directory)
+    if heads is not None:
+        directory = Path(heads)
+        if not (directory / CONFIG_FILE).is_file():
+            raise ValueError(f"{directory}: no {CONFIG_FILE} (not a Quiet-STaR heads directory)")
     qconfig, kind = _qconfig_for(directory, info["raw_config"], info["files"])
     _ensure_meta_tokens(backbone, tokenizer, qconfig)
     start_id = tokenizer.convert_tokens_to_ids(qconfig.start_thought_token)
     end_id = tokenizer.convert_tokens_to_ids(qconfig.end_thought_token)
     model = QuietStarModel(backbone, qconfig, start_id, end_id).to(device)
     model.tokenizer = tokenizer
-    model.source = str(directory)
+    model.source = str(info["directory"])
     tensors, sources = _quietstar_tensors(directory, kind, info["files"])
     if tensors:
         _load_quietstar_tensors(model, tensors, sources, directory)

@@ -38,6 +38,13 @@ def find_gguf() -> Path:
     return files[0]
 
 
+def bundled_default_heads() -> Path | None:
+    """Trained Quiet-STaR heads for the default model shipped with the package, if any
+    (see quietstar/default_heads/TRAINED_ON.md)."""
+    folder = Path(__file__).parent / "default_heads"
+    return folder if (folder / "quietstar_config.json").is_file() else None
+
+
 def default_model_dir() -> Path:
     """The converted folder, converting on first use."""
     target = quietstar_home() / "models" / f"{DEFAULT_NAME}-bf16"
