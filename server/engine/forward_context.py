@@ -39,7 +39,8 @@ class DecodeBatch:
     """Index tensors for one decode step over slots 0..n-1 with R columns each."""
 
     n: int
-    R: int
+    R: int  # columns per slot: base_cols (0 or 1) + the most parallel thoughts of any slot
+    base_cols: int
     dense_index: torch.Tensor  # (N,) row -> slot * R + column
     base_rows: torch.Tensor  # (Nb,) packed indices of base rows
     base_slots: torch.Tensor
@@ -106,15 +107,18 @@ class DecodeAttention:
     def _with_thoughts(self, layer: int, qd, sp, Vp, scale):
         b = self.b
         n, kvh, R, g, D = qd.shape
-        Kt = self.cache.tk[layer, :n, : R - 1, :, : b.max_thought]  # (n, R-1, KVH, T, D)
-        Vt = self.cache.tv[layer, :n, : R - 1, :, : b.max_thought]
-        st = torch.einsum("nkrgd,nrktd->nkrgt", qd[:, :, 1:], Kt).float() * scale
+        B = b.base_cols
+        Kt = self.cache.tk[layer, :n, : R - B, :, : b.max_thought]  # (n, R-B, KVH, T, D)
+        Vt = self.cache.tv[layer, :n, : R - B, :, : b.max_thought]
+        st = torch.einsum("nkrgd,nrktd->nkrgt", qd[:, :, B:], Kt).float() * scale
         st = st.masked_fill(~self.thought_mask[:, None, None, None, :], float("-inf"))
-        base_col = st.new_full((n, kvh, 1, g, b.max_thought), float("-inf"))
-        st = torch.cat((base_col, st), dim=2)  # (n, KVH, R, G, T): base rows see no thoughts
-        scores = torch.cat((sp.view(n, kvh, R, g, -1), st), dim=-1)
+        if B:  # base rows see no thoughts
+            st = torch.cat((st.new_full((n, kvh, 1, g, b.max_thought), float("-inf")), st), dim=2)
+        scores = torch.cat((sp.view(n, kvh, R, g, -1), st), dim=-1)  # (n, KVH, R, G, P + T)
         p = torch.softmax(scores, dim=-1).to(qd.dtype)
         pp, pt = p[..., : b.max_prefix], p[..., b.max_prefix:]
         out = torch.matmul(pp.reshape(n, kvh, R * g, -1), Vp).view(n, kvh, R, g, D)
-        thought_out = torch.einsum("nkrgt,nrktd->nkrgd", pt[:, :, 1:], Vt)
-        return torch.cat((out[:, :, :1], out[:, :, 1:] + thought_out), dim=2)
+        thought_out = torch.einsum("nkrgt,nrktd->nkrgd", pt[:, :, B:], Vt)
+        if B:
+            return torch.cat((out[:, :, :1], out[:, :, 1:] + thought_out), dim=2)
+        return out + thought_out

@@ -64,7 +64,9 @@ class ModelRunner:
 
     def _build(self, running: list[Sequence]):
         cache = self.cache
-        R = 1 + max((s.num_thoughts for s in running if s.thought_step >= 0), default=0)
+        # Column 0 holds base rows only when some sequence feeds a visible token this step.
+        B = int(any(s.pending_token is not None for s in running))
+        R = B + max((s.num_thoughts for s in running if s.thought_step >= 0), default=0)
         ids, pos, dense = [], [], []
         base_rows, base_slots, base_pos = [], [], []
         t_rows, t_slots, t_cols, t_steps = [], [], [], []
@@ -81,10 +83,10 @@ class ModelRunner:
             for k, token in enumerate(inputs or ()):
                 t_rows.append(len(ids)), t_slots.append(slot), t_cols.append(k)
                 t_steps.append(seq.thought_step)
-                ids.append(token), pos.append(plen + seq.thought_step), dense.append(slot * R + 1 + k)
+                ids.append(token), pos.append(plen + seq.thought_step), dense.append(slot * R + B + k)
         t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
         batch = DecodeBatch(
-            n=len(running), R=R, dense_index=t(dense), base_rows=t(base_rows),
+            n=len(running), R=R, base_cols=B, dense_index=t(dense), base_rows=t(base_rows),
             base_slots=t(base_slots), base_pos=t(base_pos), thought_rows=t(t_rows),
             thought_slots=t(t_slots), thought_cols=t(t_cols), thought_steps=t(t_steps),
             prefix_len=t(prefix_len), thought_len=t(thought_len),
