@@ -6,8 +6,14 @@ import importlib
 import sys
 
 BENCHES = {
-    "engine": ("benchmarks.offline_throughput", "engine speed in one process against the honest baselines"),
-    "serve": ("benchmarks.online_serving", "async HTTP load generator against any OpenAI-compatible endpoint"),
+    "engine": (
+        "benchmarks.offline_throughput",
+        "engine speed in one process against the honest baselines",
+    ),
+    "serve": (
+        "benchmarks.online_serving",
+        "async HTTP load generator against any OpenAI-compatible endpoint",
+    ),
 }
 
 

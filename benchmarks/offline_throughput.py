@@ -25,14 +25,25 @@ PROMPT = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quietstar bench engine", description=__doc__)
     p.add_argument("--model", default="default", help="`default` or a checkpoint directory")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="backbone dtype")
+    p.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="backbone dtype"
+    )
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--tokens", type=int, default=64, help="visible tokens per thoughts-off run")
     p.add_argument("--thought-tokens", type=int, default=8, help="L for the thoughts-on runs")
-    p.add_argument("--think-tokens", type=int, default=12, help="visible tokens per thoughts-on run")
-    p.add_argument("--context", type=int, default=256, help="context length for the official-style and scoring comparisons")
-    p.add_argument("--repeats", type=int, default=3, help="alternated repeats per comparison (median)")
+    p.add_argument(
+        "--think-tokens", type=int, default=12, help="visible tokens per thoughts-on run"
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=256,
+        help="context length for the official-style and scoring comparisons",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternated repeats per comparison (median)"
+    )
     p.add_argument("--out", default="benchmarks/results/engine.json", help="JSON output path")
     return p
 
@@ -45,8 +56,16 @@ class Bench:
         self.args = args
         dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
         self.model = quietstar.load(args.model, dtype, args.device)
-        self.engine = Engine(EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
-                                          max_model_len=2048, max_num_seqs=8), model=self.model)
+        self.engine = Engine(
+            EngineConfig(
+                model=args.model,
+                dtype=args.dtype,
+                device=args.device,
+                max_model_len=2048,
+                max_num_seqs=8,
+            ),
+            model=self.model,
+        )
         self.prompt = self.model.tokenizer.encode(PROMPT)
         self.ids = 0
 
@@ -54,8 +73,9 @@ class Bench:
         """Seconds for `n_requests` concurrent requests of `tokens` visible tokens each."""
         from server.engine import SamplingParams, ThoughtParams
 
-        params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True,
-                                thoughts=thoughts or ThoughtParams())
+        params = SamplingParams(
+            max_tokens=tokens, temperature=0, ignore_eos=True, thoughts=thoughts or ThoughtParams()
+        )
         for _ in range(n_requests):
             self.ids += 1
             self.engine.add_request(f"b{self.ids}", prompt or self.prompt, params)
@@ -86,7 +106,10 @@ class Rows(list):
 
     def append(self, row: dict) -> None:
         super().append(row)
-        print(f"{row['name']}: {row['value']:.2f} (target {row['target']}) {row['detail']}", flush=True)
+        print(
+            f"{row['name']}: {row['value']:.2f} (target {row['target']}) {row['detail']}",
+            flush=True,
+        )
 
 
 def measure(b: Bench) -> list[dict]:
@@ -102,36 +125,82 @@ def measure(b: Bench) -> list[dict]:
     b.run(1, 8), b.hf_generate(8)  # warm-up
     eng, hf = alternate(a.repeats, lambda: b.run(1, a.tokens), lambda: b.hf_generate(a.tokens))
     off_tok = eng / a.tokens
-    rows.append(dict(name="thoughts off, 1 request: engine tok/s ÷ transformers generate",
-                     value=hf / eng, target=">= 1.9", detail=f"engine {a.tokens / eng:.1f} tok/s, transformers {a.tokens / hf:.1f} tok/s"))
+    rows.append(
+        dict(
+            name="thoughts off, 1 request: engine tok/s ÷ transformers generate",
+            value=hf / eng,
+            target=">= 1.9",
+            detail=f"engine {a.tokens / eng:.1f} tok/s, transformers {a.tokens / hf:.1f} tok/s",
+        )
+    )
     on1 = ThoughtParams(enabled=True, num_tokens=L)
     on4 = ThoughtParams(enabled=True, num_tokens=L, count=4)
-    t1, t4, t_off = alternate(a.repeats, lambda: b.run(1, a.think_tokens, on1),
-                              lambda: b.run(1, a.think_tokens, on4), lambda: b.run(1, a.tokens))
+    t1, t4, t_off = alternate(
+        a.repeats,
+        lambda: b.run(1, a.think_tokens, on1),
+        lambda: b.run(1, a.think_tokens, on4),
+        lambda: b.run(1, a.tokens),
+    )
     per1, off_tok = t1 / a.think_tokens, t_off / a.tokens
-    rows.append(dict(name=f"thoughts on (L={L}, K=1): time per visible token ÷ ((L+2) × thoughts-off)",
-                     value=per1 / ((L + 2) * off_tok), target="<= 1.1", detail=f"{1 / per1:.2f} visible tok/s"))
-    rows.append(dict(name="K=4 ÷ K=1 time per visible token", value=t4 / t1, target="<= 1.3", detail=""))
+    rows.append(
+        dict(
+            name=f"thoughts on (L={L}, K=1): time per visible token ÷ ((L+2) × thoughts-off)",
+            value=per1 / ((L + 2) * off_tok),
+            target="<= 1.1",
+            detail=f"{1 / per1:.2f} visible tok/s",
+        )
+    )
+    rows.append(
+        dict(name="K=4 ÷ K=1 time per visible token", value=t4 / t1, target="<= 1.3", detail="")
+    )
     (t8,) = alternate(a.repeats, lambda: b.run(8, a.think_tokens, on1))
-    rows.append(dict(name="8 concurrent thought-on requests: aggregate visible tok/s ÷ 1 request",
-                     value=(8 * a.think_tokens / t8) / (a.think_tokens / t1), target=">= 5",
-                     detail=f"{8 * a.think_tokens / t8:.2f} visible tok/s"))
+    rows.append(
+        dict(
+            name="8 concurrent thought-on requests: aggregate visible tok/s ÷ 1 request",
+            value=(8 * a.think_tokens / t8) / (a.think_tokens / t1),
+            target=">= 5",
+            detail=f"{8 * a.think_tokens / t8:.2f} visible tok/s",
+        )
+    )
     ctx = (b.prompt * (a.context // len(b.prompt) + 1))[: a.context]
     n_off = 2
     g = torch.Generator().manual_seed(0)
-    official = lambda: timed(lambda: reference.official_style_generate(b.model, ctx, n_off, L, g))  # noqa: E731
+
+    def official() -> float:
+        return timed(lambda: reference.official_style_generate(b.model, ctx, n_off, L, g))
+
     ours, theirs = alternate(max(1, a.repeats - 1), lambda: b.run(1, n_off, on1, ctx), official)
-    rows.append(dict(name=f"vs official-style inference at {a.context} tokens of context (L={L})",
-                     value=theirs / ours, target=">= 30", detail=f"official {theirs / n_off:.2f} s/token, engine {ours / n_off:.3f} s/token"))
+    rows.append(
+        dict(
+            name=f"vs official-style inference at {a.context} tokens of context (L={L})",
+            value=theirs / ours,
+            target=">= 30",
+            detail=f"official {theirs / n_off:.2f} s/token, engine {ours / n_off:.3f} s/token",
+        )
+    )
     ids = torch.tensor([ctx])
     with torch.inference_mode():
-        th = parallel_thought_forward(b.model, ids, L, generator=torch.Generator().manual_seed(0)).thought_ids[0].tolist()
-    par = lambda: timed(lambda: b.engine.score(ctx, ThoughtParams(enabled=True, num_tokens=L), 0, 0))  # noqa: E731
-    sub = ctx[:64]  # the loop is ~quadratic; time 64 positions and scale to the full length
-    loop = lambda: timed(lambda: reference.score_per_position(b.model, sub, th[:64])) * (a.context / 64) ** 2  # noqa: E731
+        th = (
+            parallel_thought_forward(b.model, ids, L, generator=torch.Generator().manual_seed(0))
+            .thought_ids[0]
+            .tolist()
+        )
+
+    def par() -> float:
+        return timed(lambda: b.engine.score(ctx, ThoughtParams(enabled=True, num_tokens=L), 0, 0))
+
+    def loop() -> float:
+        return timed(lambda: reference.score_per_position(b.model, ctx, th))
+
     tp, tl = alternate(1, par, loop)
-    rows.append(dict(name=f"parallel scoring of {a.context} tokens ÷ per-position loop (L={L})",
-                     value=tl / tp, target=">= 10", detail=f"parallel {tp:.2f} s, loop ≈ {tl:.1f} s (64 positions timed, scaled quadratically)"))
+    rows.append(
+        dict(
+            name=f"parallel scoring of {a.context} tokens ÷ per-position loop (L={L})",
+            value=tl / tp,
+            target=">= 10",
+            detail=f"parallel {tp:.2f} s, per-position loop {tl:.1f} s",
+        )
+    )
     return rows
 
 
@@ -148,9 +217,13 @@ def environment(args) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "model": args.model, "dtype": args.dtype, "device": args.device,
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
     }
 
 

@@ -44,32 +44,58 @@ class RequestResult:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quietstar bench serve", description=__doc__.split("\n")[0])
     target = p.add_argument_group("target")
-    target.add_argument("--base-url", default="http://127.0.0.1:8000/v1",
-                        help="OpenAI-compatible base URL (ending in /v1)")
+    target.add_argument(
+        "--base-url",
+        default="http://127.0.0.1:8000/v1",
+        help="OpenAI-compatible base URL (ending in /v1)",
+    )
     target.add_argument("--model", default=None, help="model id (default: the first of /models)")
     target.add_argument("--api-key", default=None, help="bearer token, if the server needs one")
-    target.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
-                        help="which API to load")
+    target.add_argument(
+        "--endpoint",
+        choices=("completions", "chat"),
+        default="completions",
+        help="which API to load",
+    )
     target.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
     load = p.add_argument_group("load")
-    load.add_argument("--concurrency", default="1,8",
-                      help="comma-separated numbers of concurrent streams, one run each")
-    load.add_argument("--num-requests", type=int, default=16,
-                      help="requests per concurrency level")
+    load.add_argument(
+        "--concurrency",
+        default="1,8",
+        help="comma-separated numbers of concurrent streams, one run each",
+    )
+    load.add_argument("--num-requests", type=int, default=16, help="requests per concurrency level")
     load.add_argument("--warmup", type=int, default=1, help="untimed requests before each level")
-    load.add_argument("--data-file", type=Path, default=DEFAULT_DATA,
-                      help="GSM8K-style JSONL; each line's `question` is a prompt")
-    load.add_argument("--max-tokens", type=int, default=128,
-                      help="visible tokens per request (sent with ignore_eos: true)")
+    load.add_argument(
+        "--data-file",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="GSM8K-style JSONL; each line's `question` is a prompt",
+    )
+    load.add_argument(
+        "--max-tokens",
+        type=int,
+        default=128,
+        help="visible tokens per request (sent with ignore_eos: true)",
+    )
     load.add_argument("--seed", type=int, default=0, help="seed of the prompt order and requests")
     thoughts = p.add_argument_group("thoughts (sent as the request's `thoughts` object)")
-    thoughts.add_argument("--thoughts", choices=("on", "off"), default=None,
-                          help="thoughts.enabled (unset: the server's default)")
-    thoughts.add_argument("--thought-tokens", type=int, default=None,
-                          help="thoughts.tokens (implies --thoughts on)")
+    thoughts.add_argument(
+        "--thoughts",
+        choices=("on", "off"),
+        default=None,
+        help="thoughts.enabled (unset: the server's default)",
+    )
+    thoughts.add_argument(
+        "--thought-tokens", type=int, default=None, help="thoughts.tokens (implies --thoughts on)"
+    )
     output = p.add_argument_group("output")
-    output.add_argument("--out", type=Path, default=None,
-                        help="write OUT.json and OUT.md (the table is printed either way)")
+    output.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write OUT.json and OUT.md (the table is printed either way)",
+    )
     return p
 
 
@@ -84,8 +110,13 @@ def load_prompts(path: Path, count: int, seed: int) -> list[str]:
 
 def request_body(args: argparse.Namespace, model: str, prompt: str, seed: int) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "model": model, "max_tokens": args.max_tokens, "ignore_eos": True, "stream": True,
-        "stream_options": {"include_usage": True}, "temperature": 1.0, "seed": seed,
+        "model": model,
+        "max_tokens": args.max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 1.0,
+        "seed": seed,
     }
     if args.endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -163,16 +194,23 @@ def summarize(concurrency: int, results: list[RequestResult], duration: float) -
     visible = sum(r.visible_tokens for r in ok)
     thought = sum(r.thought_tokens for r in ok)
     summary: dict[str, Any] = {
-        "concurrency": concurrency, "completed": len(ok), "failed": len(results) - len(ok),
-        "duration_s": duration, "request_throughput": len(ok) / duration,
-        "visible_tokens": visible, "thought_tokens": thought,
-        "visible_tokens_per_s": visible / duration, "thought_tokens_per_s": thought / duration,
+        "concurrency": concurrency,
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
+        "duration_s": duration,
+        "request_throughput": len(ok) / duration,
+        "visible_tokens": visible,
+        "thought_tokens": thought,
+        "visible_tokens_per_s": visible / duration,
+        "thought_tokens_per_s": thought / duration,
         "total_tokens_per_s": (visible + thought) / duration,
         "errors": sorted({r.error for r in results if r.error})[:5],
     }
-    series = {"ttft_ms": [r.ttft * 1000 for r in ok if r.ttft is not None],
-              "itl_ms": [g * 1000 for r in ok for g in r.itl],
-              "e2e_ms": [r.e2e * 1000 for r in ok if r.e2e is not None]}
+    series = {
+        "ttft_ms": [r.ttft * 1000 for r in ok if r.ttft is not None],
+        "itl_ms": [g * 1000 for r in ok for g in r.itl],
+        "e2e_ms": [r.e2e * 1000 for r in ok if r.e2e is not None],
+    }
     for name, values in series.items():
         summary[f"mean_{name}"] = sum(values) / len(values) if values else None
         for q in PERCENTILES:
@@ -180,8 +218,13 @@ def summarize(concurrency: int, results: list[RequestResult], duration: float) -
     return summary
 
 
-async def run_level(http: httpx.AsyncClient, args: argparse.Namespace, model: str,
-                    concurrency: int, prompts: list[str]) -> dict[str, Any]:
+async def run_level(
+    http: httpx.AsyncClient,
+    args: argparse.Namespace,
+    model: str,
+    concurrency: int,
+    prompts: list[str],
+) -> dict[str, Any]:
     path = "/chat/completions" if args.endpoint == "chat" else "/completions"
     for i in range(args.warmup):
         await one_request(http, path, request_body(args, model, prompts[i % len(prompts)], i))
@@ -201,22 +244,30 @@ async def run_level(http: httpx.AsyncClient, args: argparse.Namespace, model: st
     return summarize(concurrency, results, time.perf_counter() - start)
 
 
-async def run(args: argparse.Namespace,
-              transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, Any]:
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     if not levels or min(levels) < 1:
         raise ValueError("--concurrency needs positive integers, e.g. 1,8")
     prompts = load_prompts(args.data_file, args.num_requests, args.seed)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=max(levels) + 4)
-    async with httpx.AsyncClient(base_url=args.base_url.rstrip("/"), headers=headers,
-                                 timeout=args.timeout, limits=limits,
-                                 transport=transport) as http:
+    async with httpx.AsyncClient(
+        base_url=args.base_url.rstrip("/"),
+        headers=headers,
+        timeout=args.timeout,
+        limits=limits,
+        transport=transport,
+    ) as http:
         models = (await http.get("/models")).raise_for_status().json()
         model = args.model or models["data"][0]["id"]
         results = [await run_level(http, args, model, c, prompts) for c in levels]
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-              if k not in ("api_key", "out")}
+    config = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k not in ("api_key", "out")
+    }
     return {"config": {**config, "model": model}, "server_models": models, "results": results}
 
 
@@ -232,28 +283,31 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{c['num_requests']} requests per level, {c['max_tokens']} visible tokens each "
         f"(ignore_eos), thoughts {thoughts}"
-        + (f", {c['thought_tokens']} tokens" if c["thought_tokens"] else "") + ".",
+        + (f", {c['thought_tokens']} tokens" if c["thought_tokens"] else "")
+        + ".",
         "",
         "| concurrency | ok / failed | req/s | visible tok/s | thought tok/s | total tok/s | "
         "TTFT p50 / p90 / p99 (ms) | ITL p50 / p90 / p99 (ms) | E2E p50 / p90 / p99 (ms) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        pcts = {m: " / ".join(_fmt(r[f"p{q}_{m}"]) for q in PERCENTILES)
-                for m in ("ttft_ms", "itl_ms", "e2e_ms")}
+        pcts = {
+            m: " / ".join(_fmt(r[f"p{q}_{m}"]) for q in PERCENTILES)
+            for m in ("ttft_ms", "itl_ms", "e2e_ms")
+        }
         lines.append(
             f"| {r['concurrency']} | {r['completed']} / {r['failed']} | "
             f"{_fmt(r['request_throughput'], 2)} | {_fmt(r['visible_tokens_per_s'])} | "
             f"{_fmt(r['thought_tokens_per_s'])} | {_fmt(r['total_tokens_per_s'])} | "
-            f"{pcts['ttft_ms']} | {pcts['itl_ms']} | {pcts['e2e_ms']} |")
+            f"{pcts['ttft_ms']} | {pcts['itl_ms']} | {pcts['e2e_ms']} |"
+        )
     errors = sorted({e for r in report["results"] for e in r["errors"]})
     if errors:
         lines += ["", "Errors seen: " + "; ".join(errors)]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None,
-         transport: httpx.AsyncBaseTransport | None = None) -> int:
+def main(argv: list[str] | None = None, transport: httpx.AsyncBaseTransport | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.thoughts == "off" and args.thought_tokens is not None:
         print("--thoughts off contradicts --thought-tokens", file=sys.stderr)

@@ -41,11 +41,11 @@ def is_quietstar_key(key: str) -> bool:
 
 
 def to_internal(key: str) -> str:
-    return MIXING_PREFIX + key[len(TALK_PREFIX):] if key.startswith(TALK_PREFIX) else key
+    return MIXING_PREFIX + key[len(TALK_PREFIX) :] if key.startswith(TALK_PREFIX) else key
 
 
 def to_official(key: str) -> str:
-    return TALK_PREFIX + key[len(MIXING_PREFIX):] if key.startswith(MIXING_PREFIX) else key
+    return TALK_PREFIX + key[len(MIXING_PREFIX) :] if key.startswith(MIXING_PREFIX) else key
 
 
 # ---------------------------------------------------------------- reading
@@ -135,15 +135,21 @@ def load_backbone(directory: Path, dtype: torch.dtype, device) -> tuple[LlamaBac
     params = dict(backbone.named_parameters(remove_duplicate=False))
     missing = [ckpt for ckpt in expected.values() if ckpt not in files]
     if missing:
-        raise ValueError(f"{directory}: missing tensors {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        raise ValueError(
+            f"{directory}: missing tensors {missing[:5]}{' …' if len(missing) > 5 else ''}"
+        )
     unexpected = [
         k
         for k in files
-        if k not in set(expected.values()) and not is_quietstar_key(k) and not k.endswith(IGNORED_SUFFIXES)
+        if k not in set(expected.values())
+        and not is_quietstar_key(k)
+        and not k.endswith(IGNORED_SUFFIXES)
         and not (k == "lm_head.weight" and "lm_head.weight" not in expected)
     ]
     if unexpected:
-        raise ValueError(f"{directory}: unexpected tensors {unexpected[:5]} (not a {hf_config.model_type} checkpoint?)")
+        raise ValueError(
+            f"{directory}: unexpected tensors {unexpected[:5]} (not a {hf_config.model_type} checkpoint?)"
+        )
     tensors = _read_tensors(files, list(expected.values()))
     for name, key in expected.items():
         _copy_checked(params[name], tensors[key], key, files[key])
@@ -177,7 +183,7 @@ def _grow_vocab(backbone: LlamaBackbone, rows: int, fill_id: int) -> None:
     new = torch.nn.Embedding(rows, old.shape[1], device=old.device, dtype=old.dtype)
     with torch.no_grad():
         new.weight[: old.shape[0]] = old
-        new.weight[old.shape[0]:] = old[fill_id]
+        new.weight[old.shape[0] :] = old[fill_id]
     tied = backbone.lm_head.weight is old
     backbone.embed_tokens = new
     if tied:
@@ -196,14 +202,19 @@ def _dash_id(tokenizer) -> int:
     return tokenizer.encode("---", add_special_tokens=False)[0]
 
 
-def _qconfig_for(directory: Path, raw_config: dict, files: dict[str, Path]) -> tuple[QuietStarConfig, str]:
+def _qconfig_for(
+    directory: Path, raw_config: dict, files: dict[str, Path]
+) -> tuple[QuietStarConfig, str]:
     if (directory / CONFIG_FILE).is_file():
         return QuietStarConfig.load(directory), "quietstar"
     if all(k in raw_config for k in RELEASE_CONFIG_KEYS):
         # spec §5.2: n_ahead, scale and strings are not in the release config; hard-code them.
-        return QuietStarConfig(n_ahead=8, mixing_head_hidden=_release_head_width(directory, files),
-                               heads_trained=True,
-                               provenance={"source": "ezelikman/quietstar-8-ahead layout"}), "release"
+        return QuietStarConfig(
+            n_ahead=8,
+            mixing_head_hidden=_release_head_width(directory, files),
+            heads_trained=True,
+            provenance={"source": "ezelikman/quietstar-8-ahead layout"},
+        ), "release"
     return QuietStarConfig(), "plain"
 
 
@@ -211,7 +222,9 @@ def _release_head_width(directory: Path, files: dict[str, Path]) -> int:
     """spec §5.3: talk_head.0.0.weight is (hidden, 2d); read the width instead of assuming d."""
     key = TALK_PREFIX + "0.weight"
     if key not in files:
-        raise ValueError(f"{directory}: config.json has the Quiet-STaR release keys but no {key!r} tensor")
+        raise ValueError(
+            f"{directory}: config.json has the Quiet-STaR release keys but no {key!r} tensor"
+        )
     try:
         with safe_open(files[key], "pt") as f:
             return int(f.get_slice(key).get_shape()[0])
@@ -259,9 +272,14 @@ def load(
     else:
         model.init_meta_vectors(_dash_id(tokenizer))
         if qconfig.heads_trained:
-            raise ValueError(f"{directory}: config says heads are trained but no Quiet-STaR tensors found")
-        log.warning("%s has no Quiet-STaR tensors: fresh heads (w == 0, thoughts change nothing "
-                    "until trained)", directory)
+            raise ValueError(
+                f"{directory}: config says heads are trained but no Quiet-STaR tensors found"
+            )
+        log.warning(
+            "%s has no Quiet-STaR tensors: fresh heads (w == 0, thoughts change nothing "
+            "until trained)",
+            directory,
+        )
     model.eval()
     return model
 
@@ -286,15 +304,18 @@ def weight_files_of(path: Path) -> dict[str, Path]:
         raise ValueError(f"{path}: unreadable safetensors file: {e}") from e
 
 
-def _load_quietstar_tensors(model: QuietStarModel, tensors: dict, sources: dict[str, Path],
-                            directory: Path) -> None:
+def _load_quietstar_tensors(
+    model: QuietStarModel, tensors: dict, sources: dict[str, Path], directory: Path
+) -> None:
     params = dict(model.named_parameters())
     wanted = {n for n in params if n in QUIETSTAR_KEYS or n.startswith(MIXING_PREFIX)}
     got = {to_internal(k): v for k, v in tensors.items()}
     missing, extra = sorted(wanted - set(got)), sorted(set(got) - wanted)
     if missing or extra:
-        raise ValueError(f"{directory}: Quiet-STaR tensors do not match: missing "
-                         f"{[to_official(k) for k in missing]}, unexpected {[to_official(k) for k in extra]}")
+        raise ValueError(
+            f"{directory}: Quiet-STaR tensors do not match: missing "
+            f"{[to_official(k) for k in missing]}, unexpected {[to_official(k) for k in extra]}"
+        )
     for name in wanted:
         _copy_checked(params[name], got[name], to_official(name), sources[to_official(name)])
 
@@ -315,10 +336,15 @@ def backbone_state_dict(backbone: LlamaBackbone) -> dict[str, torch.Tensor]:
     if backbone.is_fused:
         raise ValueError("this model's projections were fused for inference; it cannot be saved")
     params = dict(backbone.named_parameters(remove_duplicate=False))
-    return {key: params[name].detach().contiguous() for name, key in backbone.hf_state_dict_keys().items()}
+    return {
+        key: params[name].detach().contiguous()
+        for name, key in backbone.hf_state_dict_keys().items()
+    }
 
 
-def save(model: QuietStarModel, directory: str | os.PathLike, config: QuietStarConfig | None = None) -> Path:
+def save(
+    model: QuietStarModel, directory: str | os.PathLike, config: QuietStarConfig | None = None
+) -> Path:
     """Write a complete checkpoint atomically (a temp dir in the same parent, then a rename)."""
     directory = Path(directory)
     tmp = staging_dir(directory)
@@ -352,7 +378,11 @@ def _replace_dir(new: Path, target: Path) -> None:
 def write_files(model: QuietStarModel, directory: Path, config: QuietStarConfig) -> None:
     backbone = model.backbone
     backbone.config.save_pretrained(str(directory))
-    save_file(backbone_state_dict(backbone), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        backbone_state_dict(backbone),
+        str(directory / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(directory))
     config.save(directory)

@@ -50,7 +50,9 @@ class QuietStarConfig:
 
     def __post_init__(self):
         if self.n_ahead < 3:
-            raise ValueError(f"n_ahead must be >= 3 (start + end + base position), got {self.n_ahead}")
+            raise ValueError(
+                f"n_ahead must be >= 3 (start + end + base position), got {self.n_ahead}"
+            )
         if self.n_ahead_talk < 1:
             raise ValueError(f"n_ahead_talk must be >= 1, got {self.n_ahead_talk}")
         if self.embedding_scale <= 0:

@@ -66,8 +66,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         kwargs = {"gguf_file": gguf.name}
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), dtype=torch.bfloat16,
-            quantization_config=GgufConfig(dequantize=True), **kwargs,
+            str(gguf.parent),
+            dtype=torch.bfloat16,
+            quantization_config=GgufConfig(dequantize=True),
+            **kwargs,
         )
         model.config.quantization_config = None
         del model.config.quantization_config

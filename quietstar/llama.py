@@ -18,9 +18,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 class Attention(Protocol):
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, T, H, D), k/v (B, T, KVH, D) for the new tokens (RoPE applied) -> (B, T, H, D)."""
         ...
 
@@ -69,13 +67,17 @@ class Rotary(nn.Module):
         rope_type = params.get("rope_type", "default")
         head_dim = _head_dim(hf_config)
         if rope_type not in ("default", "linear", "llama3", "yarn"):
-            raise ValueError(f"rope_type {rope_type!r} is not supported (default, linear, llama3, yarn)")
+            raise ValueError(
+                f"rope_type {rope_type!r} is not supported (default, linear, llama3, yarn)"
+            )
         # Real CPU tensors even when the backbone is built under `torch.device("meta")`: HF's
         # rope functions copy to the given device, which fails for meta tensors.
         with torch.device("cpu"):
             if rope_type == "default":
                 theta = params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
-                inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+                inv_freq = 1.0 / (
+                    theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)
+                )
                 scaling = 1.0
             else:
                 inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
@@ -116,7 +118,11 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=o_bias)
         self.qkv_proj: nn.Linear | None = None  # set by fuse(); inference only
-        self.sizes = (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim)
+        self.sizes = (
+            self.n_heads * self.head_dim,
+            self.n_kv * self.head_dim,
+            self.n_kv * self.head_dim,
+        )
 
     def fuse(self) -> None:
         """Replace q/k/v by one matmul (fewer, larger kernels for decode). Irreversible."""
@@ -165,7 +171,9 @@ def _fuse_linears(*linears: nn.Linear) -> nn.Linear:
     first = linears[0]
     out = sum(lin.out_features for lin in linears)
     has_bias = first.bias is not None
-    fused = nn.Linear(first.in_features, out, bias=has_bias, device=first.weight.device, dtype=first.weight.dtype)
+    fused = nn.Linear(
+        first.in_features, out, bias=has_bias, device=first.weight.device, dtype=first.weight.dtype
+    )
     with torch.no_grad():
         fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
         if has_bias:

@@ -38,7 +38,9 @@ class QuietStarModel(nn.Module):
         self.start_thought_id = start_thought_id
         self.end_thought_id = end_thought_id
         masked = sorted(set(masked_token_ids or []) | {start_thought_id, end_thought_id})
-        self.register_buffer("masked_token_ids", torch.tensor(masked, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "masked_token_ids", torch.tensor(masked, dtype=torch.long), persistent=False
+        )
         self.tokenizer = None  # attached by the loader
 
     @property

@@ -35,7 +35,9 @@ def base_logits(model: QuietStarModel, prefix_ids: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def thought_aided_logits(model: QuietStarModel, prefix_ids: list[int], thought_ids: list[int]) -> ThoughtAided:
+def thought_aided_logits(
+    model: QuietStarModel, prefix_ids: list[int], thought_ids: list[int]
+) -> ThoughtAided:
     seq = list(prefix_ids) + [START_THOUGHT] + list(thought_ids) + [END_THOUGHT]
     h = _hidden(model, seq)
     h_base, h_post = h[len(prefix_ids) - 1], h[-1]
@@ -44,7 +46,9 @@ def thought_aided_logits(model: QuietStarModel, prefix_ids: list[int], thought_i
 
 
 @torch.no_grad()
-def score_per_position(model: QuietStarModel, ids: list[int], thoughts: list[list[int]]) -> torch.Tensor:
+def score_per_position(
+    model: QuietStarModel, ids: list[int], thoughts: list[list[int]]
+) -> torch.Tensor:
     """log p(ids[i+1] | ids[:i+1], thoughts[i]) for each i, one explicit sequence per position."""
     out = []
     for i in range(len(ids) - 1):
@@ -54,8 +58,12 @@ def score_per_position(model: QuietStarModel, ids: list[int], thoughts: list[lis
 
 
 @torch.no_grad()
-def official_style_next_logits(model: QuietStarModel, ids: list[int], num_thought_tokens: int,
-                               generator: torch.Generator | None = None) -> torch.Tensor:
+def official_style_next_logits(
+    model: QuietStarModel,
+    ids: list[int],
+    num_thought_tokens: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """spec §4.1: thoughts for every position of the whole sequence, keep the last one's mix."""
     x = torch.tensor([ids], device=model.device)
     out = parallel_thought_forward(model, x, num_thought_tokens, n_talk=1, generator=generator)
@@ -63,10 +71,17 @@ def official_style_next_logits(model: QuietStarModel, ids: list[int], num_though
 
 
 @torch.no_grad()
-def official_style_generate(model: QuietStarModel, prompt_ids: list[int], max_new_tokens: int,
-                            num_thought_tokens: int, generator: torch.Generator | None = None) -> list[int]:
+def official_style_generate(
+    model: QuietStarModel,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    num_thought_tokens: int,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """Greedy decode with the official cost model: no cache across steps, rethink everything."""
     ids = list(prompt_ids)
     for _ in range(max_new_tokens):
-        ids.append(int(official_style_next_logits(model, ids, num_thought_tokens, generator).argmax()))
-    return ids[len(prompt_ids):]
+        ids.append(
+            int(official_style_next_logits(model, ids, num_thought_tokens, generator).argmax())
+        )
+    return ids[len(prompt_ids) :]

@@ -33,10 +33,15 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 draining.cancel()
 
-    server = Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_level=config.log_level,
-        timeout_graceful_shutdown=config.shutdown_timeout + DRAIN_MARGIN_S,
-    ))
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=config.shutdown_timeout + DRAIN_MARGIN_S,
+        )
+    )
     app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
     server.run()
     return 1 if app.state.status == "failed" else 0

@@ -23,7 +23,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def parse_effort_tokens(text: str) -> dict[str, int]:
-    """"minimal=2,low=4" -> {"minimal": 2, "low": 4} (ValueError on a malformed pair)."""
+    """ "minimal=2,low=4" -> {"minimal": 2, "low": 4} (ValueError on a malformed pair)."""
     mapping: dict[str, int] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         level, sep, value = pair.partition("=")
@@ -37,8 +37,13 @@ def parse_origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
-def _flag(default: Any, help: str, group: str, parse: Callable[[str], Any] | None = None,
-          choices: tuple[str, ...] | None = None) -> Any:
+def _flag(
+    default: Any,
+    help: str,
+    group: str,
+    parse: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     meta = {"help": help, "group": group, "parse": parse, "choices": choices}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
@@ -54,30 +59,49 @@ class ServerConfig:
     host: str = _flag("127.0.0.1", "address to bind", HTTP)
     port: int = _flag(8000, "port to bind", HTTP)
     served_model_name: str | None = _flag(
-        None, "model id clients send and /v1/models lists (default: the --model value)", HTTP)
+        None, "model id clients send and /v1/models lists (default: the --model value)", HTTP
+    )
     api_key: str | None = _flag(
-        None, f"bearer token required on /v1/* (default ${env.API_KEY}; unset: no auth)", HTTP)
+        None, f"bearer token required on /v1/* (default ${env.API_KEY}; unset: no auth)", HTTP
+    )
     queue_size: int = _flag(
-        128, "requests that may wait for an engine slot beyond --max-num-seqs; more get HTTP 429",
-        HTTP)
+        128,
+        "requests that may wait for an engine slot beyond --max-num-seqs; more get HTTP 429",
+        HTTP,
+    )
     cors_origins: tuple[str, ...] = _flag(
-        (), "comma-separated allowed CORS origins, `*` for any (default: CORS off)", HTTP,
-        parse=parse_origins)
+        (),
+        "comma-separated allowed CORS origins, `*` for any (default: CORS off)",
+        HTTP,
+        parse=parse_origins,
+    )
     max_body_bytes: int = _flag(8 << 20, "largest request body in bytes; larger get HTTP 413", HTTP)
     shutdown_timeout: float = _flag(
-        30.0, "seconds SIGTERM waits for running requests before aborting them", HTTP)
+        30.0, "seconds SIGTERM waits for running requests before aborting them", HTTP
+    )
     thoughts: str = _flag(
-        "auto", "thoughts for requests that do not say: auto = on when the checkpoint's heads "
-        "are trained, else off", THOUGHTS, choices=THOUGHT_MODES)
+        "auto",
+        "thoughts for requests that do not say: auto = on when the checkpoint's heads "
+        "are trained, else off",
+        THOUGHTS,
+        choices=THOUGHT_MODES,
+    )
     thought_tokens: int | None = _flag(
-        None, "default thought length (sampled tokens per visible token; default: the "
-        "checkpoint's trained length)", THOUGHTS)
-    thought_count: int = _flag(1, "default number of parallel thoughts per visible token",
-                               THOUGHTS)
+        None,
+        "default thought length (sampled tokens per visible token; default: the "
+        "checkpoint's trained length)",
+        THOUGHTS,
+    )
+    thought_count: int = _flag(1, "default number of parallel thoughts per visible token", THOUGHTS)
     reasoning_effort_tokens: dict[str, int] = _flag(
-        DEFAULT_EFFORT_TOKENS, "thought length per `reasoning_effort` level, e.g. "
-        "'minimal=2,low=4,medium=8,high=16' (the default; levels: " + ", ".join(EFFORT_LEVELS)
-        + "); `none` always turns thoughts off", THOUGHTS, parse=parse_effort_tokens)
+        DEFAULT_EFFORT_TOKENS,
+        "thought length per `reasoning_effort` level, e.g. "
+        "'minimal=2,low=4,medium=8,high=16' (the default; levels: "
+        + ", ".join(EFFORT_LEVELS)
+        + "); `none` always turns thoughts off",
+        THOUGHTS,
+        parse=parse_effort_tokens,
+    )
     log_level: str = _flag("info", "log level", LOGGING, choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
@@ -88,18 +112,32 @@ class ServerConfig:
             (self.max_body_bytes >= 1, f"--max-body-bytes must be >= 1, got {self.max_body_bytes}"),
             (self.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0"),
             (self.thoughts in THOUGHT_MODES, f"--thoughts must be one of {THOUGHT_MODES}"),
-            (self.thought_tokens is None or 0 <= self.thought_tokens <= e.max_thought_tokens,
-             f"--thought-tokens must be in 0..{e.max_thought_tokens} (--max-thought-tokens)"),
-            (1 <= self.thought_count <= e.max_parallel_thoughts,
-             f"--thought-count must be in 1..{e.max_parallel_thoughts} (--max-parallel-thoughts)"),
+            (
+                self.thought_tokens is None or 0 <= self.thought_tokens <= e.max_thought_tokens,
+                f"--thought-tokens must be in 0..{e.max_thought_tokens} (--max-thought-tokens)",
+            ),
+            (
+                1 <= self.thought_count <= e.max_parallel_thoughts,
+                f"--thought-count must be in 1..{e.max_parallel_thoughts} (--max-parallel-thoughts)",
+            ),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}"),
             (self.served_model_name != "", "--served-model-name must not be empty"),
         ]
         for level, tokens in self.reasoning_effort_tokens.items():
-            checks.append((level in EFFORT_LEVELS, f"unknown reasoning effort level {level!r} "
-                           f"(levels: {', '.join(EFFORT_LEVELS)})"))
-            checks.append((0 <= tokens <= e.max_thought_tokens, f"reasoning effort {level}="
-                           f"{tokens} is outside 0..{e.max_thought_tokens} (--max-thought-tokens)"))
+            checks.append(
+                (
+                    level in EFFORT_LEVELS,
+                    f"unknown reasoning effort level {level!r} "
+                    f"(levels: {', '.join(EFFORT_LEVELS)})",
+                )
+            )
+            checks.append(
+                (
+                    0 <= tokens <= e.max_thought_tokens,
+                    f"reasoning effort {level}="
+                    f"{tokens} is outside 0..{e.max_thought_tokens} (--max-thought-tokens)",
+                )
+            )
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -127,10 +165,17 @@ class RequestDefaults:
     def resolve(cls, config: ServerConfig, model_info: Mapping[str, Any]) -> RequestDefaults:
         mode = config.thoughts
         enabled = bool(model_info.get("heads_trained")) if mode == "auto" else mode == "on"
-        return cls(config.model_name, int(model_info["max_model_len"]),
-                   int(model_info["thought_tokens"]), enabled,
-                   config.thought_tokens, config.thought_count, config.engine.max_thought_tokens,
-                   config.engine.max_parallel_thoughts, dict(config.reasoning_effort_tokens))
+        return cls(
+            config.model_name,
+            int(model_info["max_model_len"]),
+            int(model_info["thought_tokens"]),
+            enabled,
+            config.thought_tokens,
+            config.thought_count,
+            config.engine.max_thought_tokens,
+            config.engine.max_parallel_thoughts,
+            dict(config.reasoning_effort_tokens),
+        )
 
 
 # ---------------------------------------------------------------- command line
@@ -144,17 +189,22 @@ def _flag_type(f: dataclasses.Field) -> Callable[[str], Any]:
     return {"int": int, "float": float, "str": str}[kind]
 
 
-def _add_fields(group: argparse._ArgumentGroup, fields: list[dataclasses.Field],
-                prefix: str) -> None:
+def _add_fields(
+    group: argparse._ArgumentGroup, fields: list[dataclasses.Field], prefix: str
+) -> None:
     for f in fields:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         help_ = f.metadata["help"]
         if default not in (None, ()) and "(default" not in help_:
             help_ += f" (default: {default})"
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=prefix + f.name, type=_flag_type(f),
-            choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
-            metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_,
+            "--" + f.name.replace("_", "-"),
+            dest=prefix + f.name,
+            type=_flag_type(f),
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            metavar=None if f.metadata.get("choices") else f.name.upper(),
+            help=help_,
         )
 
 
@@ -163,12 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quietstar serve",
         description="OpenAI-compatible server for Quiet-STaR models (thoughts before each token).",
     )
-    _add_fields(parser.add_argument_group("model and engine"),
-                list(dataclasses.fields(EngineConfig)), "engine.")
+    _add_fields(
+        parser.add_argument_group("model and engine"),
+        list(dataclasses.fields(EngineConfig)),
+        "engine.",
+    )
     server_fields = [f for f in dataclasses.fields(ServerConfig) if f.name != "engine"]
     for title in (HTTP, THOUGHTS, LOGGING):
-        _add_fields(parser.add_argument_group(title),
-                    [f for f in server_fields if f.metadata["group"] == title], "")
+        _add_fields(
+            parser.add_argument_group(title),
+            [f for f in server_fields if f.metadata["group"] == title],
+            "",
+        )
     return parser
 
 
@@ -188,5 +244,6 @@ def from_args(argv: list[str]) -> ServerConfig:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )

@@ -36,7 +36,10 @@ print(json.dumps(sorted(sys.modules)))
 def imported_modules(package: str, walk: bool = False) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-c", PROBE, package, "walk" if walk else "top"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, f"importing {package} failed:\n{result.stderr[-3000:]}"
     return set(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -30,9 +30,13 @@ log = logging.getLogger(__name__)
 
 
 def build_app(config: ServerConfig, engine: Any | None = None) -> FastAPI:
-    app = FastAPI(title="quietstar", version="0.1.0", lifespan=_lifespan,
-                  summary="OpenAI-compatible server for Quiet-STaR models",
-                  strict_content_type=False)  # curl -d without a JSON content type still parses
+    app = FastAPI(
+        title="quietstar",
+        version="0.1.0",
+        lifespan=_lifespan,
+        summary="OpenAI-compatible server for Quiet-STaR models",
+        strict_content_type=False,
+    )  # curl -d without a JSON content type still parses
     state = app.state
     state.config, state.engine, state.serving = config, None, None
     state.status, state.load_error, state.on_load_failure = "loading", None, None
@@ -47,8 +51,12 @@ def build_app(config: ServerConfig, engine: Any | None = None) -> FastAPI:
     if config.api_key:
         app.add_middleware(AuthMiddleware, api_key=config.api_key)
     if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                           allow_methods=["*"], allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     return app
 
 
@@ -59,12 +67,18 @@ def _attach(app: FastAPI, engine: Any) -> None:
     state.serving = Serving(engine, defaults, state.metrics, state.admission)
     state.status = "ready"
     info = engine.model_info
-    log.info("ready: serving %r (%s on %s), context %d tokens; thoughts %s by default "
-             "(length %s, trained %d, heads %s)", defaults.model_name, info.get("dtype"),
-             info.get("device"), defaults.max_model_len,
-             "on" if defaults.thoughts_enabled else "off",
-             defaults.thought_tokens or "the checkpoint's", info["thought_tokens"],
-             "trained" if info["heads_trained"] else "untrained")
+    log.info(
+        "ready: serving %r (%s on %s), context %d tokens; thoughts %s by default "
+        "(length %s, trained %d, heads %s)",
+        defaults.model_name,
+        info.get("dtype"),
+        info.get("device"),
+        defaults.max_model_len,
+        "on" if defaults.thoughts_enabled else "off",
+        defaults.thought_tokens or "the checkpoint's",
+        info["thought_tokens"],
+        "trained" if info["heads_trained"] else "untrained",
+    )
 
 
 async def _load(app: FastAPI) -> None:
@@ -90,8 +104,11 @@ async def drain(app: FastAPI, timeout: float) -> None:
     app.state.status = "stopping"
     await asyncio.sleep(timeout)
     if app.state.engine is not None and app.state.admission.in_flight:
-        log.info("%d request(s) still running after %.0fs: aborting them",
-                 app.state.admission.in_flight, timeout)
+        log.info(
+            "%d request(s) still running after %.0fs: aborting them",
+            app.state.admission.in_flight,
+            timeout,
+        )
         await asyncio.to_thread(app.state.engine.shutdown)
 
 

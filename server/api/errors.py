@@ -20,8 +20,12 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
-ERROR_TYPES = {401: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-               503: "server_error"}
+ERROR_TYPES = {
+    401: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
 GENERATION_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 # pydantic puts union members ("str", "list[int]", "function-after[...]") into error locations.
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -32,8 +36,14 @@ _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 class APIError(Exception):
     """An error answered in the OpenAI envelope; raise it anywhere in the request path."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers
@@ -43,8 +53,14 @@ class APIError(Exception):
         return ERROR_TYPES.get(self.status, "invalid_request_error")
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -77,12 +93,12 @@ def _in_model_member(loc: Sequence[int | str]) -> bool:
     """The error lies in a field of an object that matched a union member (e.g. thoughts.tokens
     of `thoughts: ThoughtOptions | bool`), so it names the real problem."""
     _, tag = _union_member(loc)
-    after = loc[list(loc).index(tag) + 1:] if tag is not None else ()
+    after = loc[list(loc).index(tag) + 1 :] if tag is not None else ()
     return any(isinstance(p, str) and _FIELD.match(p) and p not in _TYPE_TAGS for p in after)
 
 
 def _readable(tag: str | None) -> str:
-    """"list[function-after[f(), Part]]" -> "list[Part]" (validators wrap union tags)."""
+    """ "list[function-after[f(), Part]]" -> "list[Part]" (validators wrap union tags)."""
     tag, wrappers = _WRAPPER.subn("", tag or "")
     return tag[: len(tag) - wrappers] if wrappers else tag
 
@@ -93,30 +109,38 @@ def from_validation_errors(errors: Sequence[Any]) -> APIError:
     if not errors:
         return bad_request("invalid request")
     locs = [tuple(p for p in e["loc"] if p != "body") for e in errors]
-    best = max(range(len(errors)), key=lambda i: (
-        errors[i]["type"] == "unsupported", len(param_path(locs[i]) or "")))
+    best = max(
+        range(len(errors)),
+        key=lambda i: (errors[i]["type"] == "unsupported", len(param_path(locs[i]) or "")),
+    )
     error, loc = errors[best], locs[best]
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "json_invalid":
-        return bad_request(f"malformed JSON body: {ctx.get('error', 'decode error')}",
-                           code="invalid_json")
+        return bad_request(
+            f"malformed JSON body: {ctx.get('error', 'decode error')}", code="invalid_json"
+        )
     if kind == "unsupported":
         return bad_request(error["msg"], ctx.get("param") or param_path(loc))
     union, _ = _union_member(loc)
     if union is not None:
         inside = [i for i, where in enumerate(locs) if _in_model_member(where)]
         if not inside:  # the value has none of the union's shapes
-            forms = dict.fromkeys(_readable(tag) for where, tag in map(_union_member, locs)
-                                  if where == union)
-            return bad_request(f"{union}: invalid value; expected one of: {', '.join(forms)}",
-                               union)
+            forms = dict.fromkeys(
+                _readable(tag) for where, tag in map(_union_member, locs) if where == union
+            )
+            return bad_request(
+                f"{union}: invalid value; expected one of: {', '.join(forms)}", union
+            )
         error = errors[max(inside, key=lambda i: len(param_path(locs[i]) or ""))]
         loc, kind = tuple(p for p in error["loc"] if p != "body"), error["type"]
     param = param_path(loc)
     if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
         if isinstance(error.get("input"), bytes | str):  # FastAPI left a non-JSON body as is
-            return bad_request("the request body was not parsed as JSON: send the header "
-                               "`Content-Type: application/json`", code="invalid_json")
+            return bad_request(
+                "the request body was not parsed as JSON: send the header "
+                "`Content-Type: application/json`",
+                code="invalid_json",
+            )
         return bad_request("the request body must be a JSON object")
     if kind == "missing":
         return bad_request(f"{param} is required", param)
@@ -162,8 +186,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s: internal error", request.method, request.url.path, exc_info=exc)
-        return _answer(request, APIError(500, f"internal server error ({type(exc).__name__}); "
-                                         "see the server log"))
+        return _answer(
+            request,
+            APIError(500, f"internal server error ({type(exc).__name__}); see the server log"),
+        )
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

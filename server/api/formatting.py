@@ -49,10 +49,15 @@ class TokenText:
 def token_thoughts(tokens: Sequence[TokenOutput], text: TokenText) -> list[TokenThoughts]:
     """One entry per visible token that carries thoughts."""
     return [
-        TokenThoughts(token=text.token(t.token_id), token_id=t.token_id,
-                      thoughts=[text.thought(ids) for ids in t.thought_ids],
-                      thought_ids=t.thought_ids, mixing_weights=t.mixing_weights or [])
-        for t in tokens if t.thought_ids is not None
+        TokenThoughts(
+            token=text.token(t.token_id),
+            token_id=t.token_id,
+            thoughts=[text.thought(ids) for ids in t.thought_ids],
+            thought_ids=t.thought_ids,
+            mixing_weights=t.mixing_weights or [],
+        )
+        for t in tokens
+        if t.thought_ids is not None
     ]
 
 
@@ -63,16 +68,24 @@ def reasoning_text(entries: Sequence[TokenThoughts]) -> str:
 
 
 def _top(pairs: Sequence[tuple[int, float]] | None, text: TokenText) -> list[TopLogprob]:
-    return [TopLogprob(token=(s := text.token(i)), logprob=lp, bytes=list(s.encode()))
-            for i, lp in pairs or ()]
+    return [
+        TopLogprob(token=(s := text.token(i)), logprob=lp, bytes=list(s.encode()))
+        for i, lp in pairs or ()
+    ]
 
 
 def chat_logprobs(tokens: Sequence[TokenOutput], text: TokenText) -> ChatLogprobs:
     content = []
     for t in tokens:
         s = text.token(t.token_id)
-        content.append(TokenLogprob(token=s, logprob=_finite(t.logprob), bytes=list(s.encode()),
-                                    top_logprobs=_top(t.top_logprobs, text)))
+        content.append(
+            TokenLogprob(
+                token=s,
+                logprob=_finite(t.logprob),
+                bytes=list(s.encode()),
+                top_logprobs=_top(t.top_logprobs, text),
+            )
+        )
     return ChatLogprobs(content=content, refusal=None)
 
 
@@ -83,8 +96,9 @@ def _top_dict(pairs: Sequence[tuple[int, float]] | None, text: TokenText) -> dic
     return out
 
 
-def completion_logprobs(tokens: Sequence[TokenOutput], text: TokenText,
-                        offset: int) -> CompletionLogprobs:
+def completion_logprobs(
+    tokens: Sequence[TokenOutput], text: TokenText, offset: int
+) -> CompletionLogprobs:
     """Legacy completions logprobs of generated tokens; `offset` is where they start in text."""
     out = _empty_logprobs()
     for t in tokens:
@@ -128,11 +142,19 @@ def merge_logprobs(first: CompletionLogprobs, second: CompletionLogprobs) -> Com
 def usage(num_prompt: int, num_visible: int, num_thought: int) -> Usage:
     """Thought tokens count inside completion_tokens, as OpenAI counts reasoning tokens."""
     completion = num_visible + num_thought
-    details = CompletionTokensDetails(accepted_prediction_tokens=0, audio_tokens=0,
-                                      reasoning_tokens=num_thought, rejected_prediction_tokens=0)
-    return Usage(prompt_tokens=num_prompt, completion_tokens=completion,
-                 total_tokens=num_prompt + completion, completion_tokens_details=details,
-                 prompt_tokens_details=PromptTokensDetails(audio_tokens=0, cached_tokens=0))
+    details = CompletionTokensDetails(
+        accepted_prediction_tokens=0,
+        audio_tokens=0,
+        reasoning_tokens=num_thought,
+        rejected_prediction_tokens=0,
+    )
+    return Usage(
+        prompt_tokens=num_prompt,
+        completion_tokens=completion,
+        total_tokens=num_prompt + completion,
+        completion_tokens_details=details,
+        prompt_tokens_details=PromptTokensDetails(audio_tokens=0, cached_tokens=0),
+    )
 
 
 def _finite(logprob: float | None) -> float:

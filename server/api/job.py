@@ -130,8 +130,9 @@ class Job:
         return sum(c.num_thought_tokens for c in self.choices) + self.num_scoring_thought_tokens
 
     def usage(self) -> Usage:
-        return formatting.usage(self.num_prompt_tokens, self.num_visible_tokens,
-                                self.num_thought_tokens)
+        return formatting.usage(
+            self.num_prompt_tokens, self.num_visible_tokens, self.num_thought_tokens
+        )
 
     def finish(self, outcome: str) -> None:
         """Count, log and release the admission slot, once."""
@@ -147,5 +148,12 @@ class Job:
         m.visible_tokens.inc(self.num_visible_tokens)
         m.thought_tokens.inc(self.num_thought_tokens)
         ttft = "-" if self.first_token_at is None else f"{self.first_token_at - self.started:.3f}s"
-        log.info("%s: %s after %.3fs (ttft %s): %d visible + %d thought tokens", self.request_id,
-                 outcome, elapsed, ttft, self.num_visible_tokens, self.num_thought_tokens)
+        log.info(
+            "%s: %s after %.3fs (ttft %s): %d visible + %d thought tokens",
+            self.request_id,
+            outcome,
+            elapsed,
+            ttft,
+            self.num_visible_tokens,
+            self.num_thought_tokens,
+        )

@@ -20,8 +20,11 @@ class AuthMiddleware:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["path"].startswith("/v1")
-                and scope["method"] != "OPTIONS"):
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/v1")
+            and scope["method"] != "OPTIONS"
+        ):
             error = self.check(Headers(scope=scope).get("authorization"))
             if error is not None:
                 await error.response()(scope, receive, send)
@@ -36,8 +39,9 @@ class AuthMiddleware:
             message = "incorrect API key"
         else:
             return None
-        return APIError(401, message, code="invalid_api_key",
-                        headers={"WWW-Authenticate": "Bearer"})
+        return APIError(
+            401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 class BodyTooLarge(HTTPException):
@@ -45,8 +49,9 @@ class BodyTooLarge(HTTPException):
     re-raises HTTPExceptions met while reading the body, so it becomes a 413 envelope."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the server's limit of {limit} bytes "
-                              "(--max-body-bytes)")
+        super().__init__(
+            413, f"request body exceeds the server's limit of {limit} bytes (--max-body-bytes)"
+        )
 
 
 class BodyLimitMiddleware:
@@ -61,7 +66,8 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             error = BodyTooLarge(self.max_bytes)
             await APIError(413, error.detail, code="request_too_large").response()(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         received = 0
 
@@ -85,9 +91,13 @@ class Admission:
 
     def acquire(self) -> None:
         if self.in_flight >= self.capacity:
-            raise APIError(429, f"the server is at capacity ({self.capacity} requests running "
-                           "or queued); retry later", code="queue_full",
-                           headers={"Retry-After": "1"})
+            raise APIError(
+                429,
+                f"the server is at capacity ({self.capacity} requests running "
+                "or queued); retry later",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
         self.in_flight += 1
 
     def release(self) -> None:

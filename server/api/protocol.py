@@ -33,8 +33,10 @@ class ContentPart(OpenAIModel):
     def _text_only(self) -> ContentPart:
         if self.type != "text":
             raise PydanticCustomError(
-                "unsupported", "content part type {kind!r} is not supported; only 'text'",
-                {"kind": self.type})
+                "unsupported",
+                "content part type {kind!r} is not supported; only 'text'",
+                {"kind": self.type},
+            )
         if self.text is None:
             raise PydanticCustomError("unsupported", "a text content part needs `text`")
         return self
@@ -57,8 +59,9 @@ class ChatMessage(OpenAIModel):
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
-            raise PydanticCustomError("unsupported", "a {role} message needs `content`",
-                                      {"role": self.role})
+            raise PydanticCustomError(
+                "unsupported", "a {role} message needs `content`", {"role": self.role}
+            )
         return self
 
     @property
@@ -114,17 +117,22 @@ class ChatCompletionRequest(EngineRequest):
     function_call: str | dict[str, Any] | None = None
     functions: list[Any] | None = None
     # ---- extensions (not in OpenAI spec): vLLM-style sampling knobs and Quiet-STaR thoughts
-    top_k: int | None = Field(None, ge=-1, description="sample from the k most likely tokens "
-                              "(0 or -1: off)")
-    min_p: float | None = Field(None, ge=0, le=1, description="drop tokens below min_p x the "
-                                "top probability")
+    top_k: int | None = Field(
+        None, ge=-1, description="sample from the k most likely tokens (0 or -1: off)"
+    )
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="drop tokens below min_p x the top probability"
+    )
     ignore_eos: bool | None = Field(None, description="keep generating past end-of-sequence")
     stop_token_ids: list[int] | None = Field(None, description="token ids that end a choice")
     thoughts: ThoughtOptions | bool | None = Field(
-        None, description="Quiet-STaR thought controls (true/false: just `enabled`); they win "
-        "over reasoning_effort / include_reasoning")
-    include_reasoning: bool | None = Field(None, description="alias of thoughts.include "
-                                           "(default false)")
+        None,
+        description="Quiet-STaR thought controls (true/false: just `enabled`); they win "
+        "over reasoning_effort / include_reasoning",
+    )
+    include_reasoning: bool | None = Field(
+        None, description="alias of thoughts.include (default false)"
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -184,19 +192,25 @@ class CompletionRequest(EngineRequest):
     top_p: float | None = TopP
     user: str | None = None
     # ---- extensions (not in OpenAI spec): vLLM-style sampling knobs and Quiet-STaR thoughts
-    top_k: int | None = Field(None, ge=-1, description="sample from the k most likely tokens "
-                              "(0 or -1: off)")
-    min_p: float | None = Field(None, ge=0, le=1, description="drop tokens below min_p x the "
-                                "top probability")
+    top_k: int | None = Field(
+        None, ge=-1, description="sample from the k most likely tokens (0 or -1: off)"
+    )
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="drop tokens below min_p x the top probability"
+    )
     ignore_eos: bool | None = Field(None, description="keep generating past end-of-sequence")
     stop_token_ids: list[int] | None = Field(None, description="token ids that end a choice")
-    reasoning_effort: Effort | None = Field(None, description="thought length preset (`none`: "
-                                            "thoughts off), as on chat")
+    reasoning_effort: Effort | None = Field(
+        None, description="thought length preset (`none`: thoughts off), as on chat"
+    )
     thoughts: ThoughtOptions | bool | None = Field(
-        None, description="Quiet-STaR thought controls (true/false: just `enabled`); they win "
-        "over reasoning_effort / include_reasoning")
-    include_reasoning: bool | None = Field(None, description="alias of thoughts.include "
-                                           "(default false)")
+        None,
+        description="Quiet-STaR thought controls (true/false: just `enabled`); they win "
+        "over reasoning_effort / include_reasoning",
+    )
+    include_reasoning: bool | None = Field(
+        None, description="alias of thoughts.include (default false)"
+    )
 
     @field_validator("prompt")
     @classmethod

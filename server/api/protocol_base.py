@@ -23,15 +23,30 @@ from server.engine import SamplingParams, ThoughtParams
 INT64 = 2**63
 # Extensions of other servers that would change the output, with the values that do not.
 UNSUPPORTED_EXTRAS: dict[str, tuple[Any, ...]] = {
-    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
-    "guided_grammar": (None,), "structured_outputs": (None,), "repetition_penalty": (None, 1),
-    "length_penalty": (None, 1), "use_beam_search": (None, False), "min_tokens": (None, 0),
-    "bad_words": (None, []), "allowed_token_ids": (None,), "logprob_token_ids": (None,),
-    "prompt_logprobs": (None,), "thinking_token_budget": (None, -1), "chat_template": (None,),
-    "chat_template_kwargs": (None, {}), "add_generation_prompt": (None, True),
-    "continue_final_message": (None, False), "truncate_prompt_tokens": (None,),
-    "include_stop_str_in_output": (None, False), "skip_special_tokens": (None, True),
-    "grammar": (None,), "json_schema": (None,), "thinking_budget_tokens": (None, -1),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "structured_outputs": (None,),
+    "repetition_penalty": (None, 1),
+    "length_penalty": (None, 1),
+    "use_beam_search": (None, False),
+    "min_tokens": (None, 0),
+    "bad_words": (None, []),
+    "allowed_token_ids": (None,),
+    "logprob_token_ids": (None,),
+    "prompt_logprobs": (None,),
+    "thinking_token_budget": (None, -1),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False),
+    "truncate_prompt_tokens": (None,),
+    "include_stop_str_in_output": (None, False),
+    "skip_special_tokens": (None, True),
+    "grammar": (None,),
+    "json_schema": (None,),
+    "thinking_budget_tokens": (None, -1),
     "echo": (None, False),  # vLLM's chat echo (completions declare their own `echo`)
 }
 
@@ -68,16 +83,29 @@ class ThoughtOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool | None = Field(
-        None, description="think before each visible token (default: the server's --thoughts; "
-        "giving `tokens` or `count` turns thoughts on)")
-    tokens: int | None = Field(None, ge=0, description="sampled thought tokens per visible "
-                               "token (markers excluded); default: the checkpoint's")
-    count: int | None = Field(None, ge=1, description="parallel thoughts per visible token "
-                              "(their next-token distributions are averaged)")
-    temperature: float | None = Field(None, gt=0, le=10, description="thought sampling "
-                                      "temperature (default 1, as in training)")
-    include: bool | None = Field(None, description="return the thoughts (`reasoning`, "
-                                 "`choices[].thoughts`) and mixing weights")
+        None,
+        description="think before each visible token (default: the server's --thoughts; "
+        "giving `tokens` or `count` turns thoughts on)",
+    )
+    tokens: int | None = Field(
+        None,
+        ge=0,
+        description="sampled thought tokens per visible "
+        "token (markers excluded); default: the checkpoint's",
+    )
+    count: int | None = Field(
+        None,
+        ge=1,
+        description="parallel thoughts per visible token "
+        "(their next-token distributions are averaged)",
+    )
+    temperature: float | None = Field(
+        None, gt=0, le=10, description="thought sampling temperature (default 1, as in training)"
+    )
+    include: bool | None = Field(
+        None,
+        description="return the thoughts (`reasoning`, `choices[].thoughts`) and mixing weights",
+    )
 
 
 class EngineRequest(OpenAIModel):
@@ -93,8 +121,10 @@ class EngineRequest(OpenAIModel):
         elif effort is not None:
             if effort not in d.effort_tokens:
                 levels = ", ".join(["none", *d.effort_tokens])
-                raise bad_request(f"reasoning_effort must be one of {levels} on this server, "
-                                  f"got {effort!r}", "reasoning_effort")
+                raise bad_request(
+                    f"reasoning_effort must be one of {levels} on this server, got {effort!r}",
+                    "reasoning_effort",
+                )
             enabled, tokens = True, d.effort_tokens[effort]
         # `thoughts` wins over reasoning_effort field by field
         if t.tokens is not None or t.count is not None:
@@ -103,11 +133,17 @@ class EngineRequest(OpenAIModel):
         tokens = tokens if t.tokens is None else t.tokens
         count = d.thought_count if t.count is None else t.count
         if tokens is not None and tokens > d.max_thought_tokens:
-            raise bad_request(f"thoughts.tokens must be <= {d.max_thought_tokens} (the server's "
-                              f"--max-thought-tokens), got {tokens}", "thoughts.tokens")
+            raise bad_request(
+                f"thoughts.tokens must be <= {d.max_thought_tokens} (the server's "
+                f"--max-thought-tokens), got {tokens}",
+                "thoughts.tokens",
+            )
         if count > d.max_parallel_thoughts:
-            raise bad_request(f"thoughts.count must be <= {d.max_parallel_thoughts} (the server's "
-                              f"--max-parallel-thoughts), got {count}", "thoughts.count")
+            raise bad_request(
+                f"thoughts.count must be <= {d.max_parallel_thoughts} (the server's "
+                f"--max-parallel-thoughts), got {count}",
+                "thoughts.count",
+            )
         include = t.include if t.include is not None else bool(self.include_reasoning)
         return ThoughtParams(enabled, tokens, count, t.temperature or 1.0, include and enabled)
 
@@ -121,14 +157,17 @@ class EngineRequest(OpenAIModel):
             length = d.trained_thought_tokens if length is None else length
             per_token = 1 + (thoughts.count * length if thoughts.enabled else 0)
             if total < per_token:
-                raise bad_request(f"max_completion_tokens ({total}) must cover at least one "
-                                  f"visible token with its thoughts ({per_token} tokens)",
-                                  "max_completion_tokens")
+                raise bad_request(
+                    f"max_completion_tokens ({total}) must cover at least one "
+                    f"visible token with its thoughts ({per_token} tokens)",
+                    "max_completion_tokens",
+                )
             budget = total // per_token if budget is None else min(budget, total // per_token)
         return budget
 
-    def to_sampling_params(self, d: RequestDefaults, num_prompt_tokens: int,
-                           default_max_tokens: int) -> SamplingParams:
+    def to_sampling_params(
+        self, d: RequestDefaults, num_prompt_tokens: int, default_max_tokens: int
+    ) -> SamplingParams:
         thoughts = self.thought_params(d)
         budget = self.visible_budget(thoughts, d)
         if budget is None:  # the default is clamped to the context left; explicit values are not
@@ -138,10 +177,17 @@ class EngineRequest(OpenAIModel):
             max_tokens=budget,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=max(0, self.top_k or 0), min_p=self.min_p or 0.0, seed=self.seed, stop=stop,
-            stop_token_ids=tuple(self.stop_token_ids or ()), ignore_eos=bool(self.ignore_eos),
-            logprobs=self.num_logprobs, presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0, n=self.n or 1, thoughts=thoughts,
+            top_k=max(0, self.top_k or 0),
+            min_p=self.min_p or 0.0,
+            seed=self.seed,
+            stop=stop,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=bool(self.ignore_eos),
+            logprobs=self.num_logprobs,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            n=self.n or 1,
+            thoughts=thoughts,
         )
 
     @field_validator("stop", check_fields=False)

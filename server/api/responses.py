@@ -39,8 +39,10 @@ class PromptTokensDetails(BaseModel):
 
 class Usage(BaseModel):
     prompt_tokens: int
-    completion_tokens: int = Field(description="visible + thought tokens (OpenAI counts "
-                                   "reasoning tokens inside completion tokens)")
+    completion_tokens: int = Field(
+        description="visible + thought tokens (OpenAI counts "
+        "reasoning tokens inside completion tokens)"
+    )
     total_tokens: int
     completion_tokens_details: CompletionTokensDetails
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
@@ -75,8 +77,9 @@ class TokenThoughts(BaseModel):
     token_id: int
     thoughts: list[str] = Field(description="text of each parallel thought")
     thought_ids: list[list[int]]
-    mixing_weights: list[float] = Field(description="mixing-head weight of each thought's "
-                                        "prediction against the base prediction")
+    mixing_weights: list[float] = Field(
+        description="mixing-head weight of each thought's prediction against the base prediction"
+    )
 
 
 class ChatMessage(BaseModel):

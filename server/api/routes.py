@@ -19,8 +19,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)
 }
 SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-          "description": "the response, or server-sent chunks when `stream` is true"}}
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "the response, or server-sent chunks when `stream` is true",
+    }
+}
 
 
 def serving_of(request: Request) -> Serving:
@@ -29,12 +32,17 @@ def serving_of(request: Request) -> Serving:
     if state.status == "ready":
         return state.serving
     if state.status == "failed":
-        raise APIError(503, f"the model failed to load: {state.load_error}",
-                       code="model_load_failed")
+        raise APIError(
+            503, f"the model failed to load: {state.load_error}", code="model_load_failed"
+        )
     if state.status == "stopping":
         raise APIError(503, "the server is shutting down", code="shutting_down")
-    raise APIError(503, "the model is still loading; retry when GET /health returns 200",
-                   code="model_loading", headers={"Retry-After": "5"})
+    raise APIError(
+        503,
+        "the model is still loading; retry when GET /health returns 200",
+        code="model_loading",
+        headers={"Retry-After": "5"},
+    )
 
 
 @router.get("/health", responses={503: {"description": "loading, failed or stopping"}})
@@ -66,8 +74,7 @@ async def retrieve_model(model_id: str, request: Request) -> Model:
     return serving.model_card()
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion,
-             responses={**ERRORS, **SSE})
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **SSE})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await create_chat_completion(serving_of(request), body, request)
 

@@ -50,8 +50,9 @@ class Builder(Protocol):
 class Serving:
     """The loaded engine with its request defaults; lives on app.state.serving."""
 
-    def __init__(self, engine: Any, defaults: RequestDefaults, metrics: ServerMetrics,
-                 admission: Admission) -> None:
+    def __init__(
+        self, engine: Any, defaults: RequestDefaults, metrics: ServerMetrics, admission: Admission
+    ) -> None:
         self.engine, self.defaults = engine, defaults
         self.metrics, self.admission = metrics, admission
         self.text = formatting.TokenText(engine.tokenizer)
@@ -62,28 +63,49 @@ class Serving:
     def model_card(self) -> Model:
         info, d = self.engine.model_info, self.defaults
         quietstar = QuietStarInfo(
-            thought_tokens=info["thought_tokens"], n_ahead=info["n_ahead"],
-            heads_trained=info["heads_trained"], thoughts_default=d.thoughts_enabled,
-            max_thought_tokens=d.max_thought_tokens, max_parallel_thoughts=d.max_parallel_thoughts,
-            reasoning_effort_tokens=dict(d.effort_tokens), source=str(info.get("source", "")),
-            dtype=str(info.get("dtype", "")), device=str(info.get("device", "")))
-        return Model(id=d.model_name, created=self.created, max_model_len=d.max_model_len,
-                     quietstar=quietstar)
+            thought_tokens=info["thought_tokens"],
+            n_ahead=info["n_ahead"],
+            heads_trained=info["heads_trained"],
+            thoughts_default=d.thoughts_enabled,
+            max_thought_tokens=d.max_thought_tokens,
+            max_parallel_thoughts=d.max_parallel_thoughts,
+            reasoning_effort_tokens=dict(d.effort_tokens),
+            source=str(info.get("source", "")),
+            dtype=str(info.get("dtype", "")),
+            device=str(info.get("device", "")),
+        )
+        return Model(
+            id=d.model_name,
+            created=self.created,
+            max_model_len=d.max_model_len,
+            quietstar=quietstar,
+        )
 
     def check_model(self, name: str) -> None:
         if name != self.defaults.model_name:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves "
-                           f"{self.defaults.model_name!r}", "model", "model_not_found")
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server serves "
+                f"{self.defaults.model_name!r}",
+                "model",
+                "model_not_found",
+            )
 
-    def prepare(self, body: ChatCompletionRequest | CompletionRequest, prefix: str,
-                prompts: list[list[int]], default_max_tokens: int) -> Job:
+    def prepare(
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        prefix: str,
+        prompts: list[list[int]],
+        default_max_tokens: int,
+    ) -> Job:
         """Sampling params, engine validation and admission; raises APIError (400/429)."""
         request_id = f"{prefix}-{uuid.uuid4().hex}"
         if body.ignored_fields():
             log.info("%s: ignoring unknown fields %s", request_id, body.ignored_fields())
         try:
-            params = body.to_sampling_params(self.defaults, max(map(len, prompts)),
-                                             default_max_tokens)
+            params = body.to_sampling_params(
+                self.defaults, max(map(len, prompts)), default_max_tokens
+            )
             for prompt in prompts:
                 self.engine.validate(prompt, params)
         except ValueError as e:
@@ -92,11 +114,18 @@ class Serving:
         endpoint = "chat" if isinstance(body, ChatCompletionRequest) else "completions"
         th = params.thoughts
         thoughts = f"on (L={th.num_tokens or 'default'}, K={th.count})" if th.enabled else "off"
-        log.info("%s: %s, %d prompt(s), %d prompt tokens, n=%d, max_tokens=%d, thoughts %s%s",
-                 request_id, endpoint, len(prompts), sum(map(len, prompts)), params.n,
-                 params.max_tokens, thoughts, ", stream" if body.stream else "")
-        return Job(request_id, endpoint, prompts, params, self.engine, self.metrics,
-                   self.admission)
+        log.info(
+            "%s: %s, %d prompt(s), %d prompt tokens, n=%d, max_tokens=%d, thoughts %s%s",
+            request_id,
+            endpoint,
+            len(prompts),
+            sum(map(len, prompts)),
+            params.n,
+            params.max_tokens,
+            thoughts,
+            ", stream" if body.stream else "",
+        )
+        return Job(request_id, endpoint, prompts, params, self.engine, self.metrics, self.admission)
 
     @staticmethod
     def _param_of(param: str | None, body: Any) -> str | None:
@@ -111,6 +140,7 @@ class Serving:
 
     async def respond(self, job: Job, builder: Builder, request: Request) -> Response:
         """Collect every choice, then answer once; a client disconnect aborts the job."""
+
         async def collect() -> None:
             await builder.prepare()
             async with contextlib.aclosing(job.outputs()) as outputs:
@@ -141,11 +171,13 @@ class Serving:
             raise
         job.finish("success")
         body = builder.response().model_dump_json()
-        return Response(body, media_type="application/json",
-                        headers={"X-Request-Id": job.request_id})
+        return Response(
+            body, media_type="application/json", headers={"X-Request-Id": job.request_id}
+        )
 
     def stream(self, job: Job, builder: Builder) -> StreamingResponse:
         """Server-sent events ending in [DONE]; after an error, an error event and no [DONE]."""
+
         async def events() -> AsyncIterator[str]:
             try:
                 await builder.prepare()
@@ -161,10 +193,20 @@ class Serving:
                 yield formatting.DONE
             except Exception as e:  # noqa: BLE001 - reported in-band: the status line is sent
                 error = _stream_error(e)
-                job.finish("aborted" if isinstance(e, Aborted) else
-                           "invalid" if error.status < 500 else "error")
-                log.log(logging.ERROR if error.status >= 500 else logging.INFO,
-                        "%s: stream failed: %s", job.request_id, e, exc_info=error.status == 500)
+                job.finish(
+                    "aborted"
+                    if isinstance(e, Aborted)
+                    else "invalid"
+                    if error.status < 500
+                    else "error"
+                )
+                log.log(
+                    logging.ERROR if error.status >= 500 else logging.INFO,
+                    "%s: stream failed: %s",
+                    job.request_id,
+                    e,
+                    exc_info=error.status == 500,
+                )
                 yield formatting.sse_error(error.body())
             finally:  # cancelled: the client went away (no-op when already finished)
                 if job.outcome is None:
@@ -178,7 +220,8 @@ class Serving:
             job.finish("aborted")  # no-op unless the stream never started
 
         return StreamingResponse(
-            body, media_type="text/event-stream",
+            body,
+            media_type="text/event-stream",
             headers={**SSE_HEADERS, "X-Request-Id": job.request_id},
             background=BackgroundTask(close),
         )

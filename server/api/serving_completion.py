@@ -31,8 +31,9 @@ def completion_prompts(text: formatting.TokenText, prompt: object) -> list[list[
     return [list(p) for p in prompt]
 
 
-async def create_completion(serving: Serving, body: CompletionRequest,
-                            request: Request) -> Response:
+async def create_completion(
+    serving: Serving, body: CompletionRequest, request: Request
+) -> Response:
     serving.check_model(body.model)
     prompts = completion_prompts(serving.text, body.prompt)
     job = serving.prepare(body, "cmpl", prompts, DEFAULT_MAX_TOKENS)
@@ -62,17 +63,24 @@ class CompletionBuilder:
         if not self.scoring:
             return
         p = self.job.params
-        scores = await asyncio.gather(*(
-            self.serving.engine.score(ids, p.thoughts, p.logprobs or 0, p.seed)
-            for ids in self.job.prompts))
+        scores = await asyncio.gather(
+            *(
+                self.serving.engine.score(ids, p.thoughts, p.logprobs or 0, p.seed)
+                for ids in self.job.prompts
+            )
+        )
         for i, score in enumerate(scores):
             self.prompt_logprobs[i] = formatting.prompt_logprobs(score, self.text)
             self.job.num_scoring_thought_tokens += score.num_thought_tokens
 
     def _chunk(self, choice: CompletionChoice) -> Completion:
-        chunk = Completion(id=self.job.request_id, created=self.created,
-                           model=self.serving.defaults.model_name,
-                           system_fingerprint=self.serving.fingerprint, choices=[choice])
+        chunk = Completion(
+            id=self.job.request_id,
+            created=self.created,
+            model=self.serving.defaults.model_name,
+            system_fingerprint=self.serving.fingerprint,
+            choices=[choice],
+        )
         if self.include_usage:
             chunk.usage = None  # marked as set: the spec sends `usage: null` on these chunks
         return chunk
@@ -80,44 +88,69 @@ class CompletionBuilder:
     def start(self) -> list[Completion]:
         if not self.echo:
             return []
-        return [self._chunk(CompletionChoice(
-            index=c.index, text=self.echo_texts[c.prompt_index],
-            logprobs=self.prompt_logprobs[c.prompt_index], finish_reason=None))
-            for c in self.job.choices]
+        return [
+            self._chunk(
+                CompletionChoice(
+                    index=c.index,
+                    text=self.echo_texts[c.prompt_index],
+                    logprobs=self.prompt_logprobs[c.prompt_index],
+                    finish_reason=None,
+                )
+            )
+            for c in self.job.choices
+        ]
 
     def on_output(self, choice: ChoiceState, out: RequestOutput) -> list[Completion]:
         chunks = []
         for token in out.tokens:
-            part = CompletionChoice(index=choice.index, text=token.text, logprobs=None,
-                                    finish_reason=None)
+            part = CompletionChoice(
+                index=choice.index, text=token.text, logprobs=None, finish_reason=None
+            )
             if self.job.params.logprobs is not None:
                 part.logprobs = formatting.completion_logprobs(
-                    [token], self.text, self.offsets[choice.index])
+                    [token], self.text, self.offsets[choice.index]
+                )
             self.offsets[choice.index] += len(token.text)
             thoughts = formatting.token_thoughts([token], self.text)
             if thoughts:
                 part.reasoning, part.thoughts = formatting.reasoning_text(thoughts), thoughts
             chunks.append(self._chunk(part))
         if choice.finish_reason is not None:
-            chunks.append(self._chunk(CompletionChoice(
-                index=choice.index, text="", logprobs=None,
-                finish_reason=choice.finish_reason.value)))
+            chunks.append(
+                self._chunk(
+                    CompletionChoice(
+                        index=choice.index,
+                        text="",
+                        logprobs=None,
+                        finish_reason=choice.finish_reason.value,
+                    )
+                )
+            )
         return chunks
 
     def end(self) -> list[Completion]:
         if not self.include_usage:
             return []
-        return [Completion(id=self.job.request_id, created=self.created,
-                           model=self.serving.defaults.model_name,
-                           system_fingerprint=self.serving.fingerprint, choices=[],
-                           usage=self.job.usage())]
+        return [
+            Completion(
+                id=self.job.request_id,
+                created=self.created,
+                model=self.serving.defaults.model_name,
+                system_fingerprint=self.serving.fingerprint,
+                choices=[],
+                usage=self.job.usage(),
+            )
+        ]
 
     def response(self) -> Completion:
-        return Completion(id=self.job.request_id, created=self.created,
-                          model=self.serving.defaults.model_name,
-                          system_fingerprint=self.serving.fingerprint,
-                          choices=[self._choice(c) for c in self.job.choices],
-                          usage=self.job.usage())
+        return Completion(
+            id=self.job.request_id,
+            created=self.created,
+            model=self.serving.defaults.model_name,
+            system_fingerprint=self.serving.fingerprint,
+            choices=[self._choice(c) for c in self.job.choices],
+            usage=self.job.usage(),
+        )
 
     def _choice(self, c: ChoiceState) -> CompletionChoice:
         echo = self.echo_texts[c.prompt_index]
@@ -128,7 +161,11 @@ class CompletionBuilder:
             if prompt is not None:
                 logprobs = formatting.merge_logprobs(prompt, logprobs)
         thoughts = formatting.token_thoughts(c.tokens, self.text)
-        return CompletionChoice(index=c.index, text=echo + c.text, logprobs=logprobs,
-                                finish_reason=c.finish_reason.value,
-                                reasoning=formatting.reasoning_text(thoughts) or None,
-                                thoughts=thoughts or None)
+        return CompletionChoice(
+            index=c.index,
+            text=echo + c.text,
+            logprobs=logprobs,
+            finish_reason=c.finish_reason.value,
+            reasoning=formatting.reasoning_text(thoughts) or None,
+            thoughts=thoughts or None,
+        )

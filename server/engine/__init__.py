@@ -7,6 +7,14 @@ from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampling_params import RequestError, SamplingParams, ThoughtParams
 
 __all__ = [
-    "AsyncEngine", "Engine", "EngineConfig", "FinishReason", "RequestError", "RequestOutput", "SamplingParams",
-    "ScoreOutput", "ThoughtParams", "TokenOutput",
+    "AsyncEngine",
+    "Engine",
+    "EngineConfig",
+    "FinishReason",
+    "RequestError",
+    "RequestOutput",
+    "SamplingParams",
+    "ScoreOutput",
+    "ThoughtParams",
+    "TokenOutput",
 ]

@@ -34,9 +34,12 @@ class AsyncEngine:
     def model_info(self) -> dict:
         e = self.engine
         return {
-            "max_model_len": e.max_model_len, "thought_tokens": e.default_thought_tokens,
-            "n_ahead": e.model.config.n_ahead, "heads_trained": e.model.config.heads_trained,
-            "source": getattr(e.model, "source", e.config.model), "dtype": e.config.dtype,
+            "max_model_len": e.max_model_len,
+            "thought_tokens": e.default_thought_tokens,
+            "n_ahead": e.model.config.n_ahead,
+            "heads_trained": e.model.config.heads_trained,
+            "source": getattr(e.model, "source", e.config.model),
+            "dtype": e.config.dtype,
             "device": e.config.device,
         }
 
@@ -63,8 +66,9 @@ class AsyncEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    async def generate(self, request_id: str, prompt_ids: list[int],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
         self.validate(prompt_ids, params)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), stream)
@@ -85,10 +89,22 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self._submit(("abort", request_id))
 
-    async def score(self, prompt_ids: list[int], thoughts: ThoughtParams, top_logprobs: int = 0,
-                    seed: int | None = None) -> ScoreOutput:
+    async def score(
+        self,
+        prompt_ids: list[int],
+        thoughts: ThoughtParams,
+        top_logprobs: int = 0,
+        seed: int | None = None,
+    ) -> ScoreOutput:
         future = asyncio.get_running_loop().create_future()
-        self._submit(("score", future, asyncio.get_running_loop(), (prompt_ids, thoughts, top_logprobs, seed)))
+        self._submit(
+            (
+                "score",
+                future,
+                asyncio.get_running_loop(),
+                (prompt_ids, thoughts, top_logprobs, seed),
+            )
+        )
         return await future
 
     def _submit(self, command) -> None:

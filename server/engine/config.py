@@ -9,15 +9,31 @@ DTYPES = ("bfloat16", "float32", "float16")
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str = field(default="default", metadata={"help": "`default` (embedded SmolLM2-135M-Instruct) or a checkpoint directory"})
-    dtype: str = field(default="bfloat16", metadata={"help": f"backbone dtype: {', '.join(DTYPES)}"})
+    model: str = field(
+        default="default",
+        metadata={"help": "`default` (embedded SmolLM2-135M-Instruct) or a checkpoint directory"},
+    )
+    dtype: str = field(
+        default="bfloat16", metadata={"help": f"backbone dtype: {', '.join(DTYPES)}"}
+    )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N"})
-    max_model_len: int = field(default=2048, metadata={"help": "context limit in visible tokens (capped by the model's own)"})
-    max_num_seqs: int = field(default=16, metadata={"help": "sequences decoded at once (KV slots allocated up front)"})
-    max_thought_tokens: int = field(default=32, metadata={"help": "largest thought length a request may ask for"})
-    max_parallel_thoughts: int = field(default=8, metadata={"help": "largest number of parallel thoughts a request may ask for"})
+    max_model_len: int = field(
+        default=2048,
+        metadata={"help": "context limit in visible tokens (capped by the model's own)"},
+    )
+    max_num_seqs: int = field(
+        default=16, metadata={"help": "sequences decoded at once (KV slots allocated up front)"}
+    )
+    max_thought_tokens: int = field(
+        default=32, metadata={"help": "largest thought length a request may ask for"}
+    )
+    max_parallel_thoughts: int = field(
+        default=8, metadata={"help": "largest number of parallel thoughts a request may ask for"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for requests that give none"})
-    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's)"}
+    )
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -42,9 +42,17 @@ class Engine:
         limits = [getattr(bb, "max_position_embeddings", None), getattr(bb, "sliding_window", None)]
         self.max_model_len = min([config.max_model_len] + [x for x in limits if x])
         head_dim = getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads
-        self.cache = KVCache(bb.num_hidden_layers, bb.num_key_value_heads, head_dim,
-                             config.max_num_seqs, self.max_model_len, config.max_parallel_thoughts,
-                             config.max_thought_len, self.model.dtype, self.model.device)
+        self.cache = KVCache(
+            bb.num_hidden_layers,
+            bb.num_key_value_heads,
+            head_dim,
+            config.max_num_seqs,
+            self.max_model_len,
+            config.max_parallel_thoughts,
+            config.max_thought_len,
+            self.model.dtype,
+            self.model.device,
+        )
         self.runner = ModelRunner(self.model, self.cache)
         self.scheduler = Scheduler(self.cache)
         self.detok = Detokenizer(self.tokenizer)
@@ -75,19 +83,28 @@ class Engine:
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise RequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
         if len(prompt_ids) > self.max_model_len:
-            raise RequestError(f"this model's maximum context length is {self.max_model_len} tokens; "
-                               f"the prompt has {len(prompt_ids)}", "prompt")
+            raise RequestError(
+                f"this model's maximum context length is {self.max_model_len} tokens; "
+                f"the prompt has {len(prompt_ids)}",
+                "prompt",
+            )
 
     def _validate_thoughts(self, th: ThoughtParams) -> None:
         if not th.enabled:
             return
         L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
         if L > self.config.max_thought_tokens:
-            raise RequestError(f"thought tokens {L} exceed this server's maximum of "
-                               f"{self.config.max_thought_tokens}", "thoughts.tokens")
+            raise RequestError(
+                f"thought tokens {L} exceed this server's maximum of "
+                f"{self.config.max_thought_tokens}",
+                "thoughts.tokens",
+            )
         if th.count > self.config.max_parallel_thoughts:
-            raise RequestError(f"thought count {th.count} exceeds this server's maximum of "
-                               f"{self.config.max_parallel_thoughts}", "thoughts.count")
+            raise RequestError(
+                f"thought count {th.count} exceeds this server's maximum of "
+                f"{self.config.max_parallel_thoughts}",
+                "thoughts.count",
+            )
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         self.validate(prompt_ids, params)
@@ -99,7 +116,9 @@ class Engine:
         for i in range(params.n):
             seed = next(self.seeds) if params.seed is None else params.seed + i
             gen = torch.Generator(device=self.model.device).manual_seed(seed)
-            seqs.append(Sequence(f"{request_id}-{i}", request_id, i, list(prompt_ids), params, L, gen))
+            seqs.append(
+                Sequence(f"{request_id}-{i}", request_id, i, list(prompt_ids), params, L, gen)
+            )
         self.requests[request_id] = seqs
         for seq in seqs:
             if params.max_tokens == 0:
@@ -179,7 +198,7 @@ class Engine:
         logits = self.model.logits(torch.cat([h for _, h in rows]))  # (sum K, V)
         start = 0
         for seq, h in rows:
-            part = logits[start:start + len(h)]
+            part = logits[start : start + len(h)]
             start += len(h)
             tokens = sample_thoughts(part, seq.params.thoughts.temperature, seq.generator)
             for ids, token in zip(seq.thought_ids, tokens):
@@ -195,8 +214,8 @@ class Engine:
         start = 0
         for seq, h in rows:
             k = len(h)
-            probs = torch.softmax(logits[start:start + k], dim=-1).mean(0)  # K > 1: mean of K
-            weights = w[start:start + k, 0].tolist()
+            probs = torch.softmax(logits[start : start + k], dim=-1).mean(0)  # K > 1: mean of K
+            weights = w[start : start + k, 0].tolist()
             start += k
             thoughts = seq.thought_ids
             self.cache.crop(seq.slot)
@@ -209,10 +228,16 @@ class Engine:
         seq.token_counts[s.token_id] = seq.token_counts.get(s.token_id, 0) + 1
         text, hit_stop = self.detok.append(seq)
         include = seq.params.thoughts.include and thoughts is not None
-        seq.outbox.append(TokenOutput(
-            s.token_id, text, s.logprob if seq.params.logprobs is not None else None, s.top_logprobs,
-            thoughts if include else None, weights if include else None,
-        ))
+        seq.outbox.append(
+            TokenOutput(
+                s.token_id,
+                text,
+                s.logprob if seq.params.logprobs is not None else None,
+                s.top_logprobs,
+                thoughts if include else None,
+                weights if include else None,
+            )
+        )
         reason = self._finish_reason(seq, s.token_id, hit_stop)
         if reason is not None:
             if not hit_stop:  # release text held back for a possible stop string
@@ -250,14 +275,27 @@ class Engine:
     def _output(seq: Sequence) -> RequestOutput:
         tokens, seq.outbox = seq.outbox, []
         seq.is_reported = seq.is_finished
-        return RequestOutput(seq.request_id, seq.index, tokens, seq.is_finished, seq.finish_reason,
-                             len(seq.prompt_ids), seq.num_visible_tokens, seq.num_thought_tokens)
+        return RequestOutput(
+            seq.request_id,
+            seq.index,
+            tokens,
+            seq.is_finished,
+            seq.finish_reason,
+            len(seq.prompt_ids),
+            seq.num_visible_tokens,
+            seq.num_thought_tokens,
+        )
 
     # ------------------------------------------------------------------ scoring
 
     @torch.inference_mode()
-    def score(self, prompt_ids: list[int], thoughts: ThoughtParams, top_logprobs: int = 0,
-              seed: int | None = None) -> ScoreOutput:
+    def score(
+        self,
+        prompt_ids: list[int],
+        thoughts: ThoughtParams,
+        top_logprobs: int = 0,
+        seed: int | None = None,
+    ) -> ScoreOutput:
         """Thought-aided log-prob of every prompt token, all positions in L+2 batched passes
         (spec §3.4); K thoughts per position average their probabilities."""
         self._validate_prompt(prompt_ids)
@@ -265,9 +303,17 @@ class Engine:
         ids = torch.tensor([prompt_ids], device=self.model.device)
         if thoughts.enabled:
             L = self.default_thought_tokens if thoughts.num_tokens is None else thoughts.num_tokens
-            gen = torch.Generator(device=self.model.device).manual_seed(self.config.seed if seed is None else seed)
-            out = parallel_thought_forward(self.model, ids.expand(thoughts.count, -1), L, n_talk=1,
-                                           temperature=thoughts.temperature, generator=gen)
+            gen = torch.Generator(device=self.model.device).manual_seed(
+                self.config.seed if seed is None else seed
+            )
+            out = parallel_thought_forward(
+                self.model,
+                ids.expand(thoughts.count, -1),
+                L,
+                n_talk=1,
+                temperature=thoughts.temperature,
+                generator=gen,
+            )
             logprobs = torch.softmax(out.mixed_logits[0], -1).mean(0).log()
             num_thought = thoughts.count * L * len(prompt_ids)
         else:

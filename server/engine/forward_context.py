@@ -27,8 +27,8 @@ class PrefillAttention:
     def attend(self, layer: int, q, k, v):
         T, end = q.shape[1], self.start + q.shape[1]
         K, V = self.cache.k[layer, self.slot], self.cache.v[layer, self.slot]  # (KVH, S, D)
-        K[:, self.start:end] = k[0].transpose(0, 1)
-        V[:, self.start:end] = v[0].transpose(0, 1)
+        K[:, self.start : end] = k[0].transpose(0, 1)
+        V[:, self.start : end] = v[0].transpose(0, 1)
         keys, values = K[:, :end].transpose(0, 1)[None], V[:, :end].transpose(0, 1)[None]
         mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(self.start)
         return sdpa(q, keys, values, mask)
@@ -60,7 +60,9 @@ class DecodeAttention:
         self.cache, self.b = cache, batch
         dev = batch.prefix_len.device
         self.prefix_mask = torch.arange(batch.max_prefix, device=dev) < batch.prefix_len[:, None]
-        self.thought_mask = torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
+        self.thought_mask = (
+            torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
+        )
 
     def _write(self, layer: int, k, v) -> None:
         b, c = self.b, self.cache
@@ -78,8 +80,9 @@ class DecodeAttention:
         if b.max_thought == 0 and b.R == 1 and len(q) == b.n:  # thoughts off: plain SDPA per slot
             Kp = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
             Vp = self.cache.v[layer, : b.n, :, : b.max_prefix]
-            out = F.scaled_dot_product_attention(q[:, :, None], Kp, Vp, enable_gqa=True,
-                                                 attn_mask=self.prefix_mask[:, None, None, :])
+            out = F.scaled_dot_product_attention(
+                q[:, :, None], Kp, Vp, enable_gqa=True, attn_mask=self.prefix_mask[:, None, None, :]
+            )
             return out[None, :, :, 0]
         H, D = q.shape[1:]
         kvh = k.shape[1]
@@ -116,7 +119,7 @@ class DecodeAttention:
             st = torch.cat((st.new_full((n, kvh, 1, g, b.max_thought), float("-inf")), st), dim=2)
         scores = torch.cat((sp.view(n, kvh, R, g, -1), st), dim=-1)  # (n, KVH, R, G, P + T)
         p = torch.softmax(scores, dim=-1).to(qd.dtype)
-        pp, pt = p[..., : b.max_prefix], p[..., b.max_prefix:]
+        pp, pt = p[..., : b.max_prefix], p[..., b.max_prefix :]
         out = torch.matmul(pp.reshape(n, kvh, R * g, -1), Vp).view(n, kvh, R, g, D)
         thought_out = torch.einsum("nkrgt,nrktd->nkrgd", pt[:, :, B:], Vt)
         if B:

@@ -12,8 +12,18 @@ import torch
 
 
 class KVCache:
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, max_seqs: int,
-                 max_len: int, max_thoughts: int, max_thought_len: int, dtype, device):
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_seqs: int,
+        max_len: int,
+        max_thoughts: int,
+        max_thought_len: int,
+        dtype,
+        device,
+    ):
         self.max_seqs, self.max_len = max_seqs, max_len
         self.max_thoughts, self.max_thought_len = max_thoughts, max_thought_len
         shape = (num_layers, max_seqs, num_kv_heads, max_len, head_dim)
@@ -76,4 +86,6 @@ class KVCache:
         assert n <= self.max_seqs, "more slots used than exist"
         assert len(set(self.owners)) == n, "a sequence holds two slots"
         assert all(0 <= x <= self.max_len for x in self.lengths), "prefix length out of range"
-        assert all(0 <= x <= self.max_thought_len for x in self.thought_lengths), "thought length out of range"
+        assert all(0 <= x <= self.max_thought_len for x in self.thought_lengths), (
+            "thought length out of range"
+        )

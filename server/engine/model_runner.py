@@ -83,14 +83,28 @@ class ModelRunner:
             for k, token in enumerate(inputs or ()):
                 t_rows.append(len(ids)), t_slots.append(slot), t_cols.append(k)
                 t_steps.append(seq.thought_step)
-                ids.append(token), pos.append(plen + seq.thought_step), dense.append(slot * R + B + k)
+                (
+                    ids.append(token),
+                    pos.append(plen + seq.thought_step),
+                    dense.append(slot * R + B + k),
+                )
         t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
         batch = DecodeBatch(
-            n=len(running), R=R, base_cols=B, dense_index=t(dense), base_rows=t(base_rows),
-            base_slots=t(base_slots), base_pos=t(base_pos), thought_rows=t(t_rows),
-            thought_slots=t(t_slots), thought_cols=t(t_cols), thought_steps=t(t_steps),
-            prefix_len=t(prefix_len), thought_len=t(thought_len),
-            max_prefix=max(prefix_len), max_thought=max(thought_len),
+            n=len(running),
+            R=R,
+            base_cols=B,
+            dense_index=t(dense),
+            base_rows=t(base_rows),
+            base_slots=t(base_slots),
+            base_pos=t(base_pos),
+            thought_rows=t(t_rows),
+            thought_slots=t(t_slots),
+            thought_cols=t(t_cols),
+            thought_steps=t(t_steps),
+            prefix_len=t(prefix_len),
+            thought_len=t(thought_len),
+            max_prefix=max(prefix_len),
+            max_thought=max(thought_len),
         )
         return t(ids), t(pos), batch
 

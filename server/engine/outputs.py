@@ -16,7 +16,9 @@ class FinishReason(str, Enum):
 class TokenOutput:
     token_id: int
     text: str  # detokenized text this token adds (stop strings already cut)
-    logprob: float | None = None  # under the distribution it was sampled from (before sampling transforms)
+    logprob: float | None = (
+        None  # under the distribution it was sampled from (before sampling transforms)
+    )
     top_logprobs: list[tuple[int, float]] | None = None
     thought_ids: list[list[int]] | None = None  # K lists of L ids (when thoughts are included)
     mixing_weights: list[float] | None = None  # w per parallel thought

@@ -16,8 +16,12 @@ class Sampled(NamedTuple):
     top_logprobs: list[tuple[int, float]] | None
 
 
-def sample_visible(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Generator,
-                   counts: dict[int, int]) -> Sampled:
+def sample_visible(
+    logprobs: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    counts: dict[int, int],
+) -> Sampled:
     """logprobs (V,): the model's distribution (already blended). Returns the token, its logprob
     under that distribution, and the top-N logprobs when asked."""
     scores = _apply_penalties(logprobs, params, counts)
@@ -57,7 +61,9 @@ def _filtered_probs(scores: torch.Tensor, params: SamplingParams) -> torch.Tenso
     return probs
 
 
-def sample_thoughts(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> list[int]:
+def sample_thoughts(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator
+) -> list[int]:
     """logits (K, V) fp32 with meta-tokens masked -> one thought token per row."""
     probs = torch.softmax(logits / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()

@@ -106,7 +106,7 @@ class Detokenizer:
 
     @staticmethod
     def _emit(seq: Sequence, text: str) -> str:
-        delta = text[len(seq.text):] if text.startswith(seq.text) else ""
+        delta = text[len(seq.text) :] if text.startswith(seq.text) else ""
         seq.text = seq.text + delta
         return delta
 

@@ -36,7 +36,8 @@ from server.engine import (
 )
 
 _spec = importlib.util.spec_from_file_location(
-    "_qs_api_root_conftest", Path(__file__).parents[1] / "conftest.py")
+    "_qs_api_root_conftest", Path(__file__).parents[1] / "conftest.py"
+)
 root_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(root_conftest)
 
@@ -62,13 +63,26 @@ class FakeEngine:
     each visible token gets K thoughts of L tokens spelling THOUGHT; `gate` holds every request
     until set; `fail_after` raises after that many tokens; `abort_all` ends choices as aborted."""
 
-    def __init__(self, *, heads_trained: bool = True, max_model_len: int = 256,
-                 thought_tokens: int = 3, max_thought_tokens: int = 16,
-                 max_parallel_thoughts: int = 4, step_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        heads_trained: bool = True,
+        max_model_len: int = 256,
+        thought_tokens: int = 3,
+        max_thought_tokens: int = 16,
+        max_parallel_thoughts: int = 4,
+        step_s: float = 0.0,
+    ) -> None:
         self.tokenizer = _TOKENIZER
-        self.model_info = {"max_model_len": max_model_len, "thought_tokens": thought_tokens,
-                           "n_ahead": thought_tokens + 3, "heads_trained": heads_trained,
-                           "source": "fake", "dtype": "float32", "device": "cpu"}
+        self.model_info = {
+            "max_model_len": max_model_len,
+            "thought_tokens": thought_tokens,
+            "n_ahead": thought_tokens + 3,
+            "heads_trained": heads_trained,
+            "source": "fake",
+            "dtype": "float32",
+            "device": "cpu",
+        }
         self.max_thought_tokens = max_thought_tokens
         self.max_parallel_thoughts = max_parallel_thoughts
         self.step_s = step_s
@@ -98,16 +112,23 @@ class FakeEngine:
             raise RequestError(f"prompt token ids must be in [0, {len(self.tokenizer)})", "prompt")
         th = params.thoughts
         if th.enabled and (th.num_tokens or 0) > self.max_thought_tokens:
-            raise RequestError(f"thought tokens {th.num_tokens} exceed this server's maximum",
-                               "thoughts.tokens")
+            raise RequestError(
+                f"thought tokens {th.num_tokens} exceed this server's maximum", "thoughts.tokens"
+            )
         limit = self.model_info["max_model_len"]
         if len(prompt_ids) >= limit:
-            raise RequestError(f"this model's maximum context length is {limit} tokens; the "
-                               f"prompt has {len(prompt_ids)}", "prompt")
+            raise RequestError(
+                f"this model's maximum context length is {limit} tokens; the "
+                f"prompt has {len(prompt_ids)}",
+                "prompt",
+            )
         if len(prompt_ids) + params.max_tokens > limit:
-            raise RequestError(f"this model's maximum context length is {limit} tokens; the "
-                               f"request has {len(prompt_ids)} prompt tokens and asks for "
-                               f"{params.max_tokens} completion tokens", "max_tokens")
+            raise RequestError(
+                f"this model's maximum context length is {limit} tokens; the "
+                f"request has {len(prompt_ids)} prompt tokens and asks for "
+                f"{params.max_tokens} completion tokens",
+                "max_tokens",
+            )
 
     def thought_length(self, thoughts: ThoughtParams) -> int:
         trained = self.model_info["thought_tokens"]
@@ -117,14 +138,15 @@ class FakeEngine:
         th, logprob, top = params.thoughts, None, None
         if params.logprobs is not None:
             logprob = -0.5
-            top = [(token_id, -0.5), (token_id + 1, -1.5), (3, -2.5)][:params.logprobs]
+            top = [(token_id, -0.5), (token_id + 1, -1.5), (3, -2.5)][: params.logprobs]
         thought_ids = weights = None
         if th.enabled and th.include:
             ids = self.tokenizer(THOUGHT * 8, add_special_tokens=False)["input_ids"]
-            thought_ids = [ids[:self.thought_length(th)] for _ in range(th.count)]
+            thought_ids = [ids[: self.thought_length(th)] for _ in range(th.count)]
             weights = [0.25] * th.count
-        return TokenOutput(token_id, self.tokenizer.decode([token_id]), logprob, top,
-                           thought_ids, weights)
+        return TokenOutput(
+            token_id, self.tokenizer.decode([token_id]), logprob, top, thought_ids, weights
+        )
 
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams):
         self.validate(prompt_ids, params)
@@ -140,8 +162,9 @@ class FakeEngine:
                 await self.gate.wait()
             for i in range(params.n):
                 if finished[i]:
-                    yield RequestOutput(request_id, i, [], True, FinishReason.LENGTH,
-                                        len(prompt_ids))
+                    yield RequestOutput(
+                        request_id, i, [], True, FinishReason.LENGTH, len(prompt_ids)
+                    )
             step = 0
             while not all(finished):
                 if self.fail_after is not None and step >= self.fail_after:
@@ -158,29 +181,47 @@ class FakeEngine:
                         reason = FinishReason.ABORT
                     elif hit:
                         overshoot = len(texts[i]) - texts[i].index(hit[0])
-                        token.text = token.text[:len(token.text) - overshoot]
+                        token.text = token.text[: len(token.text) - overshoot]
                         reason = FinishReason.STOP
                     elif step + 1 >= params.max_tokens:
                         reason = FinishReason.LENGTH
                     elif step + 1 >= len(reply) and not params.ignore_eos:
                         reason = FinishReason.STOP
                     finished[i] = reason is not None
-                    yield RequestOutput(request_id, i, [token], finished[i], reason,
-                                        len(prompt_ids), step + 1, (step + 1) * per_token)
+                    yield RequestOutput(
+                        request_id,
+                        i,
+                        [token],
+                        finished[i],
+                        reason,
+                        len(prompt_ids),
+                        step + 1,
+                        (step + 1) * per_token,
+                    )
                 step += 1
         finally:
             self.num_running -= 1
             if not all(finished):
                 self.abort(request_id)
 
-    async def score(self, prompt_ids: list[int], thoughts: ThoughtParams, top_logprobs: int = 0,
-                    seed: int | None = None) -> ScoreOutput:
+    async def score(
+        self,
+        prompt_ids: list[int],
+        thoughts: ThoughtParams,
+        top_logprobs: int = 0,
+        seed: int | None = None,
+    ) -> ScoreOutput:
         self.scored.append((list(prompt_ids), thoughts, top_logprobs, seed))
-        tops = [None] + [[(t, -1.0), (t + 1, -2.0), (4, -3.0)][:top_logprobs] or None
-                         for t in prompt_ids[1:]]
+        tops = [None] + [
+            [(t, -1.0), (t + 1, -2.0), (4, -3.0)][:top_logprobs] or None for t in prompt_ids[1:]
+        ]
         num_thought = len(prompt_ids) * thoughts.count * self.thought_length(thoughts)
-        return ScoreOutput(list(prompt_ids), [None] + [-1.0] * (len(prompt_ids) - 1), tops,
-                           num_thought if thoughts.enabled else 0)
+        return ScoreOutput(
+            list(prompt_ids),
+            [None] + [-1.0] * (len(prompt_ids) - 1),
+            tops,
+            num_thought if thoughts.enabled else 0,
+        )
 
 
 def make_app(engine: FakeEngine | None = None, engine_config: dict | None = None, **config: Any):
@@ -193,8 +234,9 @@ def make_app(engine: FakeEngine | None = None, engine_config: dict | None = None
 
 
 def client(app: Any, **kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                             base_url="http://test", **kwargs)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test", **kwargs
+    )
 
 
 @contextlib.contextmanager
@@ -224,7 +266,7 @@ def sse_events(text: str) -> list[Any]:
     events = []
     for block in text.split("\n\n")[:-1]:
         assert block.startswith("data: "), block
-        payload = block[len("data: "):]
+        payload = block[len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
 

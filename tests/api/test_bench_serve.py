@@ -25,10 +25,24 @@ def test_report_counts_rates_and_percentiles(tmp_path, capsys):
     app, _ = make_app(engine)
     out = tmp_path / "report"
     with serve_in_thread(app) as base:
-        code = online_serving.main([
-            "--base-url", f"{base}/v1", "--concurrency", "1,2", "--num-requests", "4",
-            "--max-tokens", "5", "--thought-tokens", "2", "--data-file", str(data_file(tmp_path)),
-            "--out", str(out)])
+        code = online_serving.main(
+            [
+                "--base-url",
+                f"{base}/v1",
+                "--concurrency",
+                "1,2",
+                "--num-requests",
+                "4",
+                "--max-tokens",
+                "5",
+                "--thought-tokens",
+                "2",
+                "--data-file",
+                str(data_file(tmp_path)),
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["config"]["model"] == "fake-model"
@@ -38,7 +52,8 @@ def test_report_counts_rates_and_percentiles(tmp_path, capsys):
         assert (r["completed"], r["failed"]) == (4, 0)
         assert (r["visible_tokens"], r["thought_tokens"]) == (4 * 5, 4 * 5 * 2)
         assert r["total_tokens_per_s"] == pytest.approx(
-            r["visible_tokens_per_s"] + r["thought_tokens_per_s"])
+            r["visible_tokens_per_s"] + r["thought_tokens_per_s"]
+        )
         assert r["visible_tokens_per_s"] > 0 and r["request_throughput"] > 0
         assert 0 < r["p50_ttft_ms"] <= r["p90_ttft_ms"] <= r["p99_ttft_ms"]
         assert 4 <= r["p50_itl_ms"] <= r["p99_itl_ms"]  # the fake engine steps every 5 ms
@@ -54,20 +69,48 @@ def test_report_counts_rates_and_percentiles(tmp_path, capsys):
 def test_chat_endpoint_and_thoughts_off(tmp_path):
     engine = FakeEngine()
     app, _ = make_app(engine)
-    code = online_serving.main([
-        "--base-url", "http://bench/v1", "--endpoint", "chat", "--concurrency", "2",
-        "--num-requests", "3", "--max-tokens", "4", "--thoughts", "off", "--warmup", "0",
-        "--data-file", str(data_file(tmp_path))], transport=httpx.ASGITransport(app=app))
+    code = online_serving.main(
+        [
+            "--base-url",
+            "http://bench/v1",
+            "--endpoint",
+            "chat",
+            "--concurrency",
+            "2",
+            "--num-requests",
+            "3",
+            "--max-tokens",
+            "4",
+            "--thoughts",
+            "off",
+            "--warmup",
+            "0",
+            "--data-file",
+            str(data_file(tmp_path)),
+        ],
+        transport=httpx.ASGITransport(app=app),
+    )
     assert code == 0  # also through the in-process transport
     assert [p.thoughts.enabled for _, _, p in engine.requests] == [False] * 3
 
 
 def test_failures_are_reported(tmp_path, capsys):
     app, _ = make_app(FakeEngine())
-    code = online_serving.main([
-        "--base-url", "http://bench/v1", "--concurrency", "1", "--num-requests", "2",
-        "--thought-tokens", "999", "--data-file", str(data_file(tmp_path))],
-        transport=httpx.ASGITransport(app=app))
+    code = online_serving.main(
+        [
+            "--base-url",
+            "http://bench/v1",
+            "--concurrency",
+            "1",
+            "--num-requests",
+            "2",
+            "--thought-tokens",
+            "999",
+            "--data-file",
+            str(data_file(tmp_path)),
+        ],
+        transport=httpx.ASGITransport(app=app),
+    )
     assert code == 1
     out = capsys.readouterr().out
     assert "| 1 | 0 / 2 |" in out and "HTTP 400" in out

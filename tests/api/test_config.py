@@ -24,7 +24,11 @@ def test_defaults_compose_an_engine_config(monkeypatch):
     config = from_args([])
     assert isinstance(config.engine, EngineConfig) and config.engine == EngineConfig()
     assert (config.host, config.port, config.api_key, config.thoughts) == (
-        "127.0.0.1", 8000, None, "auto")
+        "127.0.0.1",
+        8000,
+        None,
+        "auto",
+    )
     assert config.reasoning_effort_tokens == DEFAULT_EFFORT_TOKENS
     assert config.model_name == "default"
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -33,14 +37,38 @@ def test_defaults_compose_an_engine_config(monkeypatch):
 
 def test_flags_reach_both_configs(monkeypatch):
     monkeypatch.setenv(env.API_KEY, "from-env")
-    config = from_args([
-        "--model", "/ckpt", "--max-model-len", "512", "--max-num-seqs", "4", "--dtype", "float32",
-        "--port", "9001", "--served-model-name", "qs", "--queue-size", "0",
-        "--cors-origins", "http://a, http://b", "--max-body-bytes", "1000", "--thoughts", "on",
-        "--thought-tokens", "6", "--thought-count", "2",
-        "--reasoning-effort-tokens", "low=1,high=9",
-        "--log-level", "debug",
-    ])
+    config = from_args(
+        [
+            "--model",
+            "/ckpt",
+            "--max-model-len",
+            "512",
+            "--max-num-seqs",
+            "4",
+            "--dtype",
+            "float32",
+            "--port",
+            "9001",
+            "--served-model-name",
+            "qs",
+            "--queue-size",
+            "0",
+            "--cors-origins",
+            "http://a, http://b",
+            "--max-body-bytes",
+            "1000",
+            "--thoughts",
+            "on",
+            "--thought-tokens",
+            "6",
+            "--thought-count",
+            "2",
+            "--reasoning-effort-tokens",
+            "low=1,high=9",
+            "--log-level",
+            "debug",
+        ]
+    )
     assert config.engine.model == "/ckpt" and config.engine.max_model_len == 512
     assert config.engine.max_num_seqs == 4 and config.engine.dtype == "float32"
     assert (config.port, config.model_name, config.queue_size) == (9001, "qs", 0)
@@ -51,11 +79,19 @@ def test_flags_reach_both_configs(monkeypatch):
     assert from_args(["--api-key", "flag"]).api_key == "flag"  # the flag wins
 
 
-@pytest.mark.parametrize("argv", [
-    ["--thoughts", "maybe"], ["--port", "0"], ["--thought-count", "99"],
-    ["--thought-tokens", "33"], ["--reasoning-effort-tokens", "huge=3"],
-    ["--reasoning-effort-tokens", "low"], ["--max-model-len", "0"], ["--queue-size", "-1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--thoughts", "maybe"],
+        ["--port", "0"],
+        ["--thought-count", "99"],
+        ["--thought-tokens", "33"],
+        ["--reasoning-effort-tokens", "huge=3"],
+        ["--reasoning-effort-tokens", "low"],
+        ["--max-model-len", "0"],
+        ["--queue-size", "-1"],
+    ],
+)
 def test_bad_flags_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         from_args(argv)

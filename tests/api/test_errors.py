@@ -33,11 +33,15 @@ def envelope(response, status: int) -> dict:
 async def test_malformed_json_and_non_object_bodies():
     app, _ = make_app()
     async with client(app) as c:
-        bad = await c.post("/v1/chat/completions", content=b'{"model": ',
-                           headers={"content-type": "application/json"})
+        bad = await c.post(
+            "/v1/chat/completions",
+            content=b'{"model": ',
+            headers={"content-type": "application/json"},
+        )
         array = await c.post("/v1/completions", json=[1, 2])
-        text = await c.post("/v1/completions", content=b"hello",
-                            headers={"content-type": "text/plain"})
+        text = await c.post(
+            "/v1/completions", content=b"hello", headers={"content-type": "text/plain"}
+        )
     error = envelope(bad, 400)
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
     assert "JSON object" in envelope(array, 400)["message"]
@@ -47,23 +51,29 @@ async def test_malformed_json_and_non_object_bodies():
 async def test_json_without_content_type_is_accepted():
     app, _ = make_app()
     async with client(app) as c:
-        r = await c.post("/v1/completions", content=b'{"model": "fake-model", "prompt": "x", '
-                         b'"max_tokens": 1}', headers={"content-type": ""})
+        r = await c.post(
+            "/v1/completions",
+            content=b'{"model": "fake-model", "prompt": "x", "max_tokens": 1}',
+            headers={"content-type": ""},
+        )
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({**CHAT, "temperature": "hot"}, "temperature"),
-    ({**CHAT, "max_tokens": 0}, "max_tokens"),
-    ({**CHAT, "n": 1000}, "n"),
-    ({**CHAT, "thoughts": {"tokens": 1000}}, "thoughts.tokens"),
-    ({**CHAT, "thoughts": {"count": 99}}, "thoughts.count"),
-    ({**CHAT, "tools": [{"type": "function"}]}, "tools"),
-    ({**CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
-    ({"messages": CHAT["messages"]}, "model"),
-    ({**COMPLETION, "prompt": [10**9]}, "prompt"),
-    ({**COMPLETION, "suffix": "x"}, "suffix"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({**CHAT, "temperature": "hot"}, "temperature"),
+        ({**CHAT, "max_tokens": 0}, "max_tokens"),
+        ({**CHAT, "n": 1000}, "n"),
+        ({**CHAT, "thoughts": {"tokens": 1000}}, "thoughts.tokens"),
+        ({**CHAT, "thoughts": {"count": 99}}, "thoughts.count"),
+        ({**CHAT, "tools": [{"type": "function"}]}, "tools"),
+        ({**CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
+        ({"messages": CHAT["messages"]}, "model"),
+        ({**COMPLETION, "prompt": [10**9]}, "prompt"),
+        ({**COMPLETION, "suffix": "x"}, "suffix"),
+    ],
+)
 async def test_bad_fields_are_400_naming_the_param(body, param):
     app, engine = make_app()
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
@@ -125,8 +135,9 @@ async def test_body_too_large_with_and_without_content_length():
 
     async with client(app) as c:
         declared = await c.post("/v1/completions", json=big)
-        streamed = await c.post("/v1/completions", content=chunked(),
-                                headers={"content-type": "application/json"})
+        streamed = await c.post(
+            "/v1/completions", content=chunked(), headers={"content-type": "application/json"}
+        )
         small = await c.post("/v1/completions", json={**COMPLETION, "max_tokens": 1})
     assert envelope(declared, 413)["code"] == "request_too_large"
     assert "chunked" in streamed.request.headers.get("transfer-encoding", "")

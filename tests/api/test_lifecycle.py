@@ -31,12 +31,21 @@ class Connection:
     def __init__(self, app, path: str, body: dict) -> None:
         payload = json.dumps(body).encode()
         self.scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
-            "raw_path": path.encode(), "query_string": b"", "root_path": "",
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(payload)).encode())],
-            "client": ("127.0.0.1", 5000), "server": ("test", 80),
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+            "client": ("127.0.0.1", 5000),
+            "server": ("test", 80),
         }
         self.inbox = [{"type": "http.request", "body": payload, "more_body": False}]
         self.sent: list[dict] = []

@@ -35,10 +35,31 @@ def running_server(checkpoint: Path, *flags: str) -> Iterator[tuple[subprocess.P
     port = free_port()
     log = open(checkpoint.parent / f"server-{port}.log", "w+b")  # noqa: SIM115 - read on failure
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--model", str(checkpoint), "--port", str(port),
-         "--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "4",
-         "--num-threads", "1", "--api-key", API_KEY, "--served-model-name", "tiny", *flags],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--model",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "256",
+            "--max-num-seqs",
+            "4",
+            "--num-threads",
+            "1",
+            "--api-key",
+            API_KEY,
+            "--served-model-name",
+            "tiny",
+            *flags,
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     base = f"http://127.0.0.1:{port}"
@@ -115,8 +136,15 @@ def test_chat_and_usage(sdk):
 
 
 def test_stream_with_include_usage(sdk):
-    chunks = list(chat(sdk, max_tokens=5, stream=True, stream_options={"include_usage": True},
-                       extra_body={"thoughts": {"tokens": 2}}))
+    chunks = list(
+        chat(
+            sdk,
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"thoughts": {"tokens": 2}},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
@@ -139,13 +167,14 @@ def test_stop_string_cuts_the_text(sdk):
         pytest.skip(f"greedy text has no ASCII letter to stop on: {text!r}")
     r = chat(sdk, max_tokens=24, temperature=0, stop=[stop], extra_body={"ignore_eos": True})
     assert r.choices[0].finish_reason == "stop"
-    assert r.choices[0].message.content == text[:text.index(stop)]
+    assert r.choices[0].message.content == text[: text.index(stop)]
 
 
 def test_seed_reproducibility_with_thoughts(sdk):
     body = {"thoughts": {"enabled": True, "tokens": 2}, "ignore_eos": True}
-    a, b, c = (chat(sdk, max_tokens=12, temperature=1.0, seed=s, extra_body=body)
-               for s in (42, 42, 7))
+    a, b, c = (
+        chat(sdk, max_tokens=12, temperature=1.0, seed=s, extra_body=body) for s in (42, 42, 7)
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.choices[0].message.content != c.choices[0].message.content
 
@@ -160,8 +189,10 @@ def test_chat_logprobs(sdk):
 
 
 def test_thoughts_on_off_include(sdk):
-    body = {"thoughts": {"enabled": True, "tokens": 3, "count": 2, "include": True},
-            "ignore_eos": True}
+    body = {
+        "thoughts": {"enabled": True, "tokens": 3, "count": 2, "include": True},
+        "ignore_eos": True,
+    }
     on = chat(sdk, max_tokens=4, extra_body=body)
     message, choice = on.choices[0].message, on.choices[0]
     assert reasoning_tokens(on.usage) == 4 * 3 * 2
@@ -188,16 +219,23 @@ def test_reasoning_effort(sdk):
 def test_scoring_via_completions_echo(sdk):
     prompt = "The cat sat on the mat"
     for thoughts in (False, True):
-        r = sdk.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True,
-                                   logprobs=2, extra_body={"thoughts": {"enabled": thoughts}})
+        r = sdk.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=0,
+            echo=True,
+            logprobs=2,
+            extra_body={"thoughts": {"enabled": thoughts}},
+        )
         lp = r.choices[0].logprobs
         assert r.choices[0].text == prompt and len(lp.tokens) == len(prompt)
         assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
         assert all(v <= 0 for v in lp.token_logprobs[1:])
         assert all(len(t) <= 2 for t in lp.top_logprobs[1:])
         assert (reasoning_tokens(r.usage) > 0) is thoughts
-    one = sdk.completions.create(model="tiny", prompt=[[5, 6, 7]], max_tokens=1, echo=True,
-                                 logprobs=1, temperature=0)
+    one = sdk.completions.create(
+        model="tiny", prompt=[[5, 6, 7]], max_tokens=1, echo=True, logprobs=1, temperature=0
+    )
     assert len(one.choices[0].logprobs.tokens) == 4  # 3 prompt tokens + 1 generated
 
 
@@ -208,11 +246,19 @@ def metric(base: str, name: str) -> float:
 
 
 def test_dropped_stream_frees_the_engine_slot(server):
-    body = {"model": "tiny", "prompt": "Once", "max_tokens": 200, "stream": True,
-            "ignore_eos": True, "thoughts": {"tokens": 8}}
+    body = {
+        "model": "tiny",
+        "prompt": "Once",
+        "max_tokens": 200,
+        "stream": True,
+        "ignore_eos": True,
+        "thoughts": {"tokens": 8},
+    }
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.Client(timeout=60) as client, client.stream(
-            "POST", f"{server}/v1/completions", json=body, headers=headers) as response:
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{server}/v1/completions", json=body, headers=headers) as response,
+    ):
         events = (line for line in response.iter_lines() if line.startswith("data:"))
         for _ in range(3):
             next(events)
@@ -226,11 +272,23 @@ def test_dropped_stream_frees_the_engine_slot(server):
 
 def test_sigterm_exits_cleanly_during_a_stream(checkpoint):
     with running_server(checkpoint, "--shutdown-timeout", "1") as (proc, base, log):
-        body = {"model": "tiny", "prompt": "Once", "max_tokens": 240, "stream": True,
-                "ignore_eos": True, "thoughts": {"tokens": 24}}  # 25 steps a token: seconds
-        with httpx.Client(timeout=60) as client, client.stream(
-                "POST", f"{base}/v1/completions", json=body,
-                headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        body = {
+            "model": "tiny",
+            "prompt": "Once",
+            "max_tokens": 240,
+            "stream": True,
+            "ignore_eos": True,
+            "thoughts": {"tokens": 24},
+        }  # 25 steps a token: seconds
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST",
+                f"{base}/v1/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as response,
+        ):
             lines = response.iter_lines()
             next(line for line in lines if line.startswith("data:"))
             proc.send_signal(signal.SIGTERM)

@@ -54,8 +54,13 @@ async def test_chat_stop_finish_reason_and_default_max_tokens():
 
 async def test_chat_stream_framing_deltas_usage_and_done():
     app, _ = make_app()
-    body = {**CHAT, "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True},
-            "thoughts": {"include": True, "tokens": 2, "count": 2}}
+    body = {
+        **CHAT,
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "thoughts": {"include": True, "tokens": 2, "count": 2},
+    }
     async with client(app) as c:
         r = await c.post("/v1/chat/completions", json=body)
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -73,8 +78,12 @@ async def test_chat_stream_framing_deltas_usage_and_done():
         assert entry["thoughts"] == ["hm", "hm"] and entry["mixing_weights"] == [0.25, 0.25]
         assert len(entry["thought_ids"]) == 2 and len(entry["thought_ids"][0]) == 2
         assert c["usage"] is None  # include_usage: null usage on every other chunk
-    assert chunks[5]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
-                                       "finish_reason": "length"}
+    assert chunks[5]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
     usage_chunk = chunks[6]
     assert usage_chunk["choices"] == []
     assert usage_chunk["usage"]["completion_tokens_details"]["reasoning_tokens"] == 4 * 2 * 2
@@ -104,8 +113,11 @@ async def test_chat_reasoning_and_thoughts_when_included():
 
 async def test_thoughts_off_means_no_reasoning_tokens():
     app, engine = make_app()
-    r = await post(app, "/v1/chat/completions",
-                   {**CHAT, "max_tokens": 3, "reasoning_effort": "none", "include_reasoning": True})
+    r = await post(
+        app,
+        "/v1/chat/completions",
+        {**CHAT, "max_tokens": 3, "reasoning_effort": "none", "include_reasoning": True},
+    )
     data = r.json()
     assert data["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
     assert data["choices"][0]["message"]["reasoning"] is None
@@ -121,8 +133,9 @@ async def test_untrained_heads_default_thoughts_off():
 
 async def test_chat_logprobs_openai_format():
     app, _ = make_app()
-    r = await post(app, "/v1/chat/completions",
-                   {**CHAT, "max_tokens": 2, "logprobs": True, "top_logprobs": 2})
+    r = await post(
+        app, "/v1/chat/completions", {**CHAT, "max_tokens": 2, "logprobs": True, "top_logprobs": 2}
+    )
     content = r.json()["choices"][0]["logprobs"]["content"]
     assert [c["token"] for c in content] == ["H", "e"]
     assert content[0]["logprob"] == -0.5 and content[0]["bytes"] == list(b"H")
@@ -149,15 +162,21 @@ async def test_completion_batched_prompts_index_in_order():
     assert data["usage"]["prompt_tokens"] == 1 + 2
     encode = engine.tokenizer
     assert sorted(p for _, p, _ in engine.requests) == sorted(
-        encode(t)["input_ids"] for t in ("a", "bb"))
+        encode(t)["input_ids"] for t in ("a", "bb")
+    )
     assert {rid for rid, _, _ in engine.requests} == {data["id"] + "-0", data["id"] + "-1"}
 
 
 async def test_completion_token_prompts_and_echo():
     app, engine = make_app()
     ids = engine.tokenizer("abc", add_special_tokens=False)["input_ids"]
-    data = (await post(app, "/v1/completions",
-                       {**COMPLETION, "prompt": [ids, ids], "echo": True, "max_tokens": 2})).json()
+    data = (
+        await post(
+            app,
+            "/v1/completions",
+            {**COMPLETION, "prompt": [ids, ids], "echo": True, "max_tokens": 2},
+        )
+    ).json()
     assert [c["text"] for c in data["choices"]] == ["abcHe", "abcHe"]
     assert [p for _, p, _ in engine.requests] == [ids, ids]
 
@@ -175,8 +194,16 @@ async def test_completion_logprobs_legacy_format():
 @pytest.mark.parametrize("max_tokens", [0, 1])
 async def test_scoring_echo_logprobs_lm_eval_convention(max_tokens):
     app, engine = make_app()
-    body = {**COMPLETION, "prompt": "abcd", "echo": True, "logprobs": 2, "max_tokens": max_tokens,
-            "temperature": 0.0, "seed": 7, "thoughts": {"tokens": 2}}
+    body = {
+        **COMPLETION,
+        "prompt": "abcd",
+        "echo": True,
+        "logprobs": 2,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "seed": 7,
+        "thoughts": {"tokens": 2},
+    }
     data = (await post(app, "/v1/completions", body)).json()
     choice = data["choices"][0]
     lp = choice["logprobs"]
@@ -195,8 +222,15 @@ async def test_scoring_echo_logprobs_lm_eval_convention(max_tokens):
 
 async def test_completion_stream_echo_and_usage():
     app, _ = make_app()
-    body = {**COMPLETION, "prompt": "ab", "echo": True, "max_tokens": 2, "stream": True,
-            "stream_options": {"include_usage": True}, "include_reasoning": True}
+    body = {
+        **COMPLETION,
+        "prompt": "ab",
+        "echo": True,
+        "max_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "include_reasoning": True,
+    }
     async with client(app) as c:
         events = sse_events((await c.post("/v1/completions", json=body)).text)
     assert events[-1] == "[DONE]"
@@ -244,7 +278,9 @@ async def test_health_ready_and_cors():
     app, _ = make_app(cors_origins=("http://ui.example",))
     async with client(app) as c:
         r = await c.get("/health")
-        pre = await c.options("/v1/chat/completions", headers={
-            "Origin": "http://ui.example", "Access-Control-Request-Method": "POST"})
+        pre = await c.options(
+            "/v1/chat/completions",
+            headers={"Origin": "http://ui.example", "Access-Control-Request-Method": "POST"},
+        )
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     assert pre.headers["access-control-allow-origin"] == "http://ui.example"

@@ -31,9 +31,24 @@ def endpoint(tmp_path_factory):
     log = tmp_path_factory.mktemp("e2e") / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model", "default", "--port", str(port),
-             "--max-model-len", "1024", "--max-num-seqs", "4", "--num-threads", "1"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--model",
+                "default",
+                "--port",
+                str(port),
+                "--max-model-len",
+                "1024",
+                "--max-num-seqs",
+                "4",
+                "--num-threads",
+                "1",
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )
         base = f"http://127.0.0.1:{port}"
@@ -61,8 +76,13 @@ def _data(name: str, tmp_path: Path) -> Path:
 
 def _eval(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "clients", *args, "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "clients", *args, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summaries = list(out.rglob("summary.json"))
     assert summaries, f"no summary under {out}: {done.stderr[-2000:]}"
@@ -75,9 +95,22 @@ def _records(tmp_path: Path) -> list[dict]:
 
 
 def test_gsm8k_direct_with_thoughts(endpoint, tmp_path):
-    summary = _eval(tmp_path, "gsm8k", "--base-url", endpoint, "--limit", "3",
-                    "--data-file", str(_data("gsm8k/test_sample.jsonl", tmp_path)),
-                    "--protocol", "direct", "--thoughts", "on", "--thought-tokens", "2")
+    summary = _eval(
+        tmp_path,
+        "gsm8k",
+        "--base-url",
+        endpoint,
+        "--limit",
+        "3",
+        "--data-file",
+        str(_data("gsm8k/test_sample.jsonl", tmp_path)),
+        "--protocol",
+        "direct",
+        "--thoughts",
+        "on",
+        "--thought-tokens",
+        "2",
+    )
     assert summary["n"] == 3 and 0.0 <= summary["accuracy"] <= 1.0
     records = _records(tmp_path)
     assert len(records) == 3
@@ -86,8 +119,17 @@ def test_gsm8k_direct_with_thoughts(endpoint, tmp_path):
 
 
 def test_csqa_loglik_without_thoughts(endpoint, tmp_path):
-    summary = _eval(tmp_path, "csqa", "--base-url", endpoint, "--limit", "2",
-                    "--data-file", str(_data("commonsenseqa/dev_sample.jsonl", tmp_path)),
-                    "--protocol", "loglik")
+    summary = _eval(
+        tmp_path,
+        "csqa",
+        "--base-url",
+        endpoint,
+        "--limit",
+        "2",
+        "--data-file",
+        str(_data("commonsenseqa/dev_sample.jsonl", tmp_path)),
+        "--protocol",
+        "loglik",
+    )
     assert summary["n"] == 2
     assert all(len(r["extracted"]) == 1 and r["extracted"] in "ABCDE" for r in _records(tmp_path))

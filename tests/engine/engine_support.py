@@ -71,8 +71,14 @@ def tiny_model(family: str = "llama", heads_seed: int | None = None) -> quietsta
 
 
 def make_engine(model: quietstar.QuietStarModel, **overrides) -> Engine:
-    settings = dict(model="test", dtype="float32", max_model_len=256, max_num_seqs=4,
-                    max_thought_tokens=8, max_parallel_thoughts=4)
+    settings = dict(
+        model="test",
+        dtype="float32",
+        max_model_len=256,
+        max_num_seqs=4,
+        max_thought_tokens=8,
+        max_parallel_thoughts=4,
+    )
     settings.update(overrides)
     return Engine(EngineConfig(**settings), model=model)
 
@@ -115,8 +121,9 @@ def collect(results: dict[tuple[str, int], Choice], outputs) -> None:
             choice.finished, choice.finish_reason = True, out.finish_reason
 
 
-def run_to_completion(engine: Engine, results: dict | None = None, max_steps: int = 10_000,
-                      check: bool = True) -> dict[tuple[str, int], Choice]:
+def run_to_completion(
+    engine: Engine, results: dict | None = None, max_steps: int = 10_000, check: bool = True
+) -> dict[tuple[str, int], Choice]:
     """Step until nothing is unfinished, checking the engine's bookkeeping after every step."""
     results = {} if results is None else results
     for _ in range(max_steps):

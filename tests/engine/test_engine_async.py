@@ -42,13 +42,20 @@ async def wait_until(predicate, timeout: float = 10.0) -> float:
 
 
 def test_concurrent_generate_calls_complete(async_engine):
-    thinking = SamplingParams(max_tokens=6, temperature=1.0, seed=3, ignore_eos=True,
-                              thoughts=ThoughtParams(enabled=True, num_tokens=2))
+    thinking = SamplingParams(
+        max_tokens=6,
+        temperature=1.0,
+        seed=3,
+        ignore_eos=True,
+        thoughts=ThoughtParams(enabled=True, num_tokens=2),
+    )
     plain = SamplingParams(max_tokens=9, temperature=0, ignore_eos=True)
 
     async def main():
-        return await asyncio.gather(drain(async_engine, "a", prompt_ids(5, seed=1), thinking),
-                                    drain(async_engine, "b", prompt_ids(8, seed=2), plain))
+        return await asyncio.gather(
+            drain(async_engine, "a", prompt_ids(5, seed=1), thinking),
+            drain(async_engine, "b", prompt_ids(8, seed=2), plain),
+        )
 
     (a, reason_a), (b, reason_b) = asyncio.run(main())
     assert len(a) == 6 and len(b) == 9
@@ -69,8 +76,13 @@ def test_breaking_out_of_the_iterator_aborts_and_frees_the_slot(async_engine, mo
     engine, aborted = async_engine.engine, []
     cache, abort = engine.cache, engine.abort
     monkeypatch.setattr(engine, "abort", lambda rid: (aborted.append(rid), abort(rid)))
-    long = SamplingParams(max_tokens=200, temperature=1.0, seed=4, ignore_eos=True,
-                          thoughts=ThoughtParams(enabled=True, num_tokens=4))
+    long = SamplingParams(
+        max_tokens=200,
+        temperature=1.0,
+        seed=4,
+        ignore_eos=True,
+        thoughts=ThoughtParams(enabled=True, num_tokens=4),
+    )
 
     async def main():
         received = 0
@@ -82,8 +94,12 @@ def test_breaking_out_of_the_iterator_aborts_and_frees_the_slot(async_engine, mo
         assert aborted == ["long"]  # freed by the abort, not by finishing its 200 tokens
         assert not engine.requests
         # the freed slot serves new requests
-        return await drain(async_engine, "next", prompt_ids(4, seed=5),
-                           SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+        return await drain(
+            async_engine,
+            "next",
+            prompt_ids(4, seed=5),
+            SamplingParams(max_tokens=3, temperature=0, ignore_eos=True),
+        )
 
     tokens, reason = asyncio.run(main())
     assert len(tokens) == 3 and reason == FinishReason.LENGTH
@@ -119,8 +135,12 @@ def test_score_and_refusals(async_engine):
     scored = asyncio.run(main())
     assert scored.token_ids == ids and scored.logprobs[0] is None
     assert len(scored.logprobs) == len(ids) and all(x < 0 for x in scored.logprobs[1:])
-    assert scored.logprobs == async_engine.engine.score(
-        ids, ThoughtParams(enabled=True, num_tokens=2), 0, seed=1).logprobs
+    assert (
+        scored.logprobs
+        == async_engine.engine.score(
+            ids, ThoughtParams(enabled=True, num_tokens=2), 0, seed=1
+        ).logprobs
+    )
 
 
 def test_shutdown_ends_the_thread_and_aborts_running_requests(async_engine):

@@ -35,8 +35,13 @@ def greedy(max_tokens: int, **kw) -> SamplingParams:
 
 
 def thinking(max_tokens: int, L: int, K: int = 1, seed: int = 0) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed, ignore_eos=True,
-                          thoughts=ThoughtParams(enabled=True, num_tokens=L, count=K))
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0,
+        seed=seed,
+        ignore_eos=True,
+        thoughts=ThoughtParams(enabled=True, num_tokens=L, count=K),
+    )
 
 
 def assert_idle(engine) -> None:
@@ -108,9 +113,18 @@ def test_aborts_running_waiting_and_unknown(model):
 
 def test_abort_every_choice_of_an_n2_request(model):
     engine = make_engine(model, max_num_seqs=4)
-    engine.add_request("pair", prompt_ids(6, seed=5), SamplingParams(
-        max_tokens=40, temperature=1.0, seed=5, ignore_eos=True, n=2,
-        thoughts=ThoughtParams(enabled=True, num_tokens=3)))
+    engine.add_request(
+        "pair",
+        prompt_ids(6, seed=5),
+        SamplingParams(
+            max_tokens=40,
+            temperature=1.0,
+            seed=5,
+            ignore_eos=True,
+            n=2,
+            thoughts=ThoughtParams(enabled=True, num_tokens=3),
+        ),
+    )
     results = {}
     run_steps(engine, 4, results)
     assert engine.cache.num_used == 2
@@ -124,7 +138,9 @@ def test_max_tokens_zero_finishes_without_a_slot(model):
     engine = make_engine(model)
     engine.add_request("zero", prompt_ids(5, seed=6), greedy(0))
     results = run_to_completion(engine)
-    assert results["zero", 0].finish_reason == FinishReason.LENGTH and results["zero", 0].tokens == []
+    assert (
+        results["zero", 0].finish_reason == FinishReason.LENGTH and results["zero", 0].tokens == []
+    )
     assert_idle(engine)
 
 
@@ -147,8 +163,9 @@ def test_stop_token_ids(model):
 
 @pytest.fixture(scope="module")
 def default_engine(default_model_dir):
-    return make_engine(quietstar.load(default_model_dir, dtype=torch.float32),
-                       max_parallel_thoughts=1)
+    return make_engine(
+        quietstar.load(default_model_dir, dtype=torch.float32), max_parallel_thoughts=1
+    )
 
 
 COUNTING = "Count from one to ten: 1, 2, 3,"  # greedy: " 4, 5, 6, 7, 8, 9, 1..."
@@ -241,9 +258,13 @@ def test_thought_limits_are_enforced(small_engine):
     too_many = SamplingParams(thoughts=ThoughtParams(enabled=True, num_tokens=2, count=3))
     refused(small_engine, [5, 6], too_many, "3", "2")
     # disabled thoughts are not checked against the limits
-    small_engine.validate([5, 6], SamplingParams(max_tokens=4, thoughts=ThoughtParams(num_tokens=9, count=9)))
-    small_engine.validate([5, 6], SamplingParams(max_tokens=4, thoughts=ThoughtParams(
-        enabled=True, num_tokens=4, count=2)))
+    small_engine.validate(
+        [5, 6], SamplingParams(max_tokens=4, thoughts=ThoughtParams(num_tokens=9, count=9))
+    )
+    small_engine.validate(
+        [5, 6],
+        SamplingParams(max_tokens=4, thoughts=ThoughtParams(enabled=True, num_tokens=4, count=2)),
+    )
 
 
 def test_empty_and_out_of_vocabulary_prompts_are_refused(small_engine, model):
@@ -253,8 +274,15 @@ def test_empty_and_out_of_vocabulary_prompts_are_refused(small_engine, model):
 
 
 def test_bad_sampling_and_thought_params_are_refused():
-    for kw in [dict(max_tokens=-1), dict(temperature=-0.5), dict(top_p=0), dict(top_k=-1),
-               dict(min_p=1.5), dict(n=0), dict(logprobs=-1)]:
+    for kw in [
+        dict(max_tokens=-1),
+        dict(temperature=-0.5),
+        dict(top_p=0),
+        dict(top_k=-1),
+        dict(min_p=1.5),
+        dict(n=0),
+        dict(logprobs=-1),
+    ]:
         with pytest.raises(ValueError):
             SamplingParams(**kw)
     for kw in [dict(num_tokens=-1), dict(count=0), dict(temperature=0)]:

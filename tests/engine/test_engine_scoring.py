@@ -35,8 +35,12 @@ def reproduce_thoughts(model, ids: list[int], L: int, K: int, seed: int) -> torc
 
 def base_logprobs(model, ids: list[int]) -> torch.Tensor:
     """log p(ids[i+1] | ids[:i+1]) without thoughts, one no-cache forward per prefix."""
-    return torch.stack([torch.log_softmax(reference.base_logits(model, ids[: i + 1]), -1)[ids[i + 1]]
-                        for i in range(len(ids) - 1)])
+    return torch.stack(
+        [
+            torch.log_softmax(reference.base_logits(model, ids[: i + 1]), -1)[ids[i + 1]]
+            for i in range(len(ids) - 1)
+        ]
+    )
 
 
 def as_tensor(logprobs: list[float | None]) -> torch.Tensor:
@@ -76,10 +80,17 @@ def test_score_with_two_thoughts_averages_probabilities():
     thoughts = reproduce_thoughts(model, ids, L, 2, seed=3)  # (K, T, L)
     expected = []
     for i in range(len(ids) - 1):
-        probs = torch.stack([
-            torch.softmax(reference.thought_aided_logits(model, ids[: i + 1], thoughts[k, i].tolist()).logits, -1)
-            for k in range(2)
-        ]).mean(0)
+        probs = torch.stack(
+            [
+                torch.softmax(
+                    reference.thought_aided_logits(
+                        model, ids[: i + 1], thoughts[k, i].tolist()
+                    ).logits,
+                    -1,
+                )
+                for k in range(2)
+            ]
+        ).mean(0)
         expected.append(probs[ids[i + 1]].log())
     assert_tensors_close(as_tensor(out.logprobs), torch.stack(expected), 1e-4)
 
@@ -104,7 +115,9 @@ def test_zero_head_thought_scores_equal_base_scores():
     engine = make_engine(model)
     ids = prompt_ids(10, seed=70)
     base = as_tensor(engine.score(ids, ThoughtParams(enabled=False)).logprobs)
-    thought = as_tensor(engine.score(ids, ThoughtParams(enabled=True, num_tokens=2, count=2), seed=1).logprobs)
+    thought = as_tensor(
+        engine.score(ids, ThoughtParams(enabled=True, num_tokens=2, count=2), seed=1).logprobs
+    )
     assert_tensors_close(thought, base, 1e-5)
 
 

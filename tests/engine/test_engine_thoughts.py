@@ -28,8 +28,13 @@ def one_thread():
 
 def thinking(max_tokens: int, L: int, K: int = 1, seed: int = 0, **kw) -> SamplingParams:
     return SamplingParams(
-        max_tokens=max_tokens, temperature=1.0, seed=seed, ignore_eos=True, logprobs=0,
-        thoughts=ThoughtParams(enabled=True, num_tokens=L, count=K, include=True), **kw,
+        max_tokens=max_tokens,
+        temperature=1.0,
+        seed=seed,
+        ignore_eos=True,
+        logprobs=0,
+        thoughts=ThoughtParams(enabled=True, num_tokens=L, count=K, include=True),
+        **kw,
     )
 
 
@@ -108,8 +113,10 @@ def test_thoughts_off_logprobs_are_base_logprobs():
 TARGET_PROMPT = prompt_ids(9, seed=31)
 TARGET = thinking(7, 3, K=2, seed=1234)
 OTHERS = [  # (prompt, params): different lengths and thought settings
-    (prompt_ids(4, seed=32), SamplingParams(max_tokens=12, temperature=1.0, seed=5, ignore_eos=True,
-                                            logprobs=0)),
+    (
+        prompt_ids(4, seed=32),
+        SamplingParams(max_tokens=12, temperature=1.0, seed=5, ignore_eos=True, logprobs=0),
+    ),
     (prompt_ids(17, seed=33), thinking(6, 2, K=2, seed=6)),
     (prompt_ids(6, seed=34), thinking(5, 4, K=1, seed=7)),
 ]
@@ -154,8 +161,10 @@ def test_batched_from_the_start_equals_alone(invariance_model, alone):
     assert_same(signature(results["target", 0]), alone)
     assert all(c.finished for c in results.values()) and engine.cache.num_used == 0
     for j, (prompt, params) in enumerate(OTHERS):  # the others are batch-invariant too
-        assert_same(signature(results[f"other{j}", 0]),
-                    signature(generate_one(invariance_model, prompt, params)))
+        assert_same(
+            signature(results[f"other{j}", 0]),
+            signature(generate_one(invariance_model, prompt, params)),
+        )
 
 
 def test_target_joining_midway_equals_alone(invariance_model, alone):

@@ -25,6 +25,7 @@ def one_thread():
     with torch_threads(1):
         yield
 
+
 NEW_TOKENS = 16
 
 
@@ -42,15 +43,19 @@ def hf_greedy(directory, prompt: list[int], suppress: list[int]) -> list[int]:
     vocab = model.config.vocab_size
     config.suppress_tokens = [i for i in suppress if i < vocab] or None
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), generation_config=config,
-                             attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            generation_config=config,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def engine_greedy(model, prompt: list[int], n: int = 1) -> list[list[int]]:
     engine = make_engine(model, max_parallel_thoughts=1)
-    engine.add_request("r", prompt, SamplingParams(max_tokens=NEW_TOKENS, temperature=0,
-                                                   ignore_eos=True, n=n))
+    engine.add_request(
+        "r", prompt, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True, n=n)
+    )
     results = run_to_completion(engine)
     assert engine.cache.num_used == 0
     assert sorted(results) == [("r", i) for i in range(n)]

@@ -49,7 +49,10 @@ def test_missing_weights_file(tiny_checkpoint):
 
 
 def test_missing_shard(tiny_checkpoint):
-    index = {"metadata": {}, "weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"},
+    }
     (tiny_checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
     message = load_error(tiny_checkpoint)
     assert "model-00001-of-00002.safetensors" in message and "missing" in message
@@ -70,7 +73,9 @@ def test_wrong_shape_names_key_shapes_and_file(tiny_checkpoint):
 
 
 def test_unexpected_tensor(tiny_checkpoint):
-    rewrite_weights(tiny_checkpoint, lambda t: t.update({"model.layers.9.extra.weight": torch.ones(2)}))
+    rewrite_weights(
+        tiny_checkpoint, lambda t: t.update({"model.layers.9.extra.weight": torch.ones(2)})
+    )
     message = load_error(tiny_checkpoint)
     assert "unexpected" in message and "model.layers.9.extra.weight" in message
 
@@ -94,7 +99,11 @@ def ours(tmp_path, tiny_model):
 
 @pytest.mark.parametrize(
     "edit, needle",
-    [({"bogus": 1}, "bogus"), ({"n_ahead": 1}, "n_ahead"), ({"embedding_scale": -1.0}, "embedding_scale")],
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"n_ahead": 1}, "n_ahead"),
+        ({"embedding_scale": -1.0}, "embedding_scale"),
+    ],
     ids=["unknown_key", "n_ahead_too_small", "negative_scale"],
 )
 def test_bad_quietstar_config_names_the_file(ours, edit, needle):

@@ -38,10 +38,15 @@ def test_round_trip_is_bit_exact(tmp_path, family, dtype):
         assert torch.equal(after[key], value), key
     assert again.config == model.config
     assert (again.start_thought_id, again.end_thought_id) == (
-        model.start_thought_id, model.end_thought_id)
+        model.start_thought_id,
+        model.end_thought_id,
+    )
     assert torch.equal(again.masked_token_ids, model.masked_token_ids)
     assert again.tokenizer.get_vocab() == model.tokenizer.get_vocab()
-    a, b = thought_aided_logits(model, PREFIX, THOUGHT), thought_aided_logits(again, PREFIX, THOUGHT)
+    a, b = (
+        thought_aided_logits(model, PREFIX, THOUGHT),
+        thought_aided_logits(again, PREFIX, THOUGHT),
+    )
     assert float(a.w.abs()) > 0
     assert torch.equal(a.logits, b.logits) and torch.equal(a.w, b.w)
 

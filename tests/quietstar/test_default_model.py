@@ -68,7 +68,9 @@ def test_load_default_fp32_and_bf16(default_model_dir):
     for dtype in (torch.float32, torch.bfloat16):
         start = time.perf_counter()
         model = quietstar.load("default", dtype=dtype)
-        print(f"\n[default model] quietstar.load('default', {dtype}): {time.perf_counter() - start:.2f} s")
+        print(
+            f"\n[default model] quietstar.load('default', {dtype}): {time.perf_counter() - start:.2f} s"
+        )
         assert model.dtype == dtype
         assert model.source == str(default_model_dir)
         assert model.config.heads_trained is False
@@ -81,17 +83,24 @@ def test_load_default_fp32_and_bf16(default_model_dir):
 
 def run_two_conversions(tmp_path, gguf: Path | None) -> None:
     home, go = tmp_path / "home", tmp_path / "go"
-    env = dict(os.environ, QUIETSTAR_HOME=str(home), OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, QUIETSTAR_HOME=str(home), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"
+    )
     cmd = [sys.executable, "-c", CHILD, str(go)] + ([str(gguf)] if gguf else [])
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     time.sleep(0.5)
     start = time.perf_counter()
     go.touch()
     results = [p.communicate(timeout=300) for p in procs]
     elapsed = time.perf_counter() - start
-    print(f"\n[default model] two concurrent conversions ({gguf or 'embedded GGUF'}): {elapsed:.1f} s")
+    print(
+        f"\n[default model] two concurrent conversions ({gguf or 'embedded GGUF'}): {elapsed:.1f} s"
+    )
     for proc, (_out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err[-2000:]
     target = home / "models" / f"{default_model.DEFAULT_NAME}-bf16"

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def instructions() -> list[list[str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     return [(ln.split(None, 1) + [""])[:2] for ln in lines]
 
 

@@ -17,8 +17,7 @@ def test_heads_from_another_directory(tmp_path):
     plain = make_hf_checkpoint(tmp_path / "plain")
     trained = quietstar.load(plain)
     randomize_heads(trained)
-    saved = quietstar.save(trained, tmp_path / "ckpt",
-                           trained.config.__class__(heads_trained=True))
+    saved = quietstar.save(trained, tmp_path / "ckpt", trained.config.__class__(heads_trained=True))
     heads = tmp_path / "heads"
     heads.mkdir()
     for name in (CONFIG_FILE, TENSORS_FILE):
@@ -27,8 +26,12 @@ def test_heads_from_another_directory(tmp_path):
     model = quietstar.load(plain, heads=heads)
     assert model.config.heads_trained
     for name in ("start_embedding", "end_embedding", "mixing_head.net.4.weight"):
-        assert torch.equal(dict(model.named_parameters())[name], dict(trained.named_parameters())[name])
-    assert not torch.equal(model.mixing_head.net[4].weight, torch.zeros_like(model.mixing_head.net[4].weight))
+        assert torch.equal(
+            dict(model.named_parameters())[name], dict(trained.named_parameters())[name]
+        )
+    assert not torch.equal(
+        model.mixing_head.net[4].weight, torch.zeros_like(model.mixing_head.net[4].weight)
+    )
 
 
 def test_heads_directory_must_hold_a_config(tmp_path):

@@ -22,7 +22,9 @@ def test_parallel_s0_equals_per_position_reference(tmp_path, family):
     ids = torch.randint(3, 259, (2, 10), generator=g)
     thoughts = torch.randint(3, 259, (2, 10, NUM_THOUGHT_TOKENS), generator=g)
     with torch.no_grad():
-        out = parallel_thought_forward(model, ids, NUM_THOUGHT_TOKENS, n_talk=1, thought_ids=thoughts)
+        out = parallel_thought_forward(
+            model, ids, NUM_THOUGHT_TOKENS, n_talk=1, thought_ids=thoughts
+        )
     assert torch.equal(out.thought_ids, thoughts)
     mixed, w = out.mixed_logits[0], out.mixing_weights[0]  # (B, T, V), (B, T, 1)
     assert bool(w.abs().max() > 1e-2)  # the heads really mix

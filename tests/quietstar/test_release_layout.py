@@ -25,9 +25,15 @@ START, END = "<|startthought|>", "<|endthought|>"
 BASE_VOCAB = 259  # the byte tokenizer: 3 specials + 256 bytes
 D = TINY["hidden_size"]
 RELEASE_KEYS = {  # spec §5.2 custom keys, release values
-    "max_thoughts": 10, "merged_talk_heads": True, "merged_lm_and_talk_heads": False,
-    "merged_lm_and_think_heads": True, "use_concat_talk_head": True, "use_shallow_think": True,
-    "use_shallow_talk": False, "use_complex_think_head": False, "use_complex_talk_head": True,
+    "max_thoughts": 10,
+    "merged_talk_heads": True,
+    "merged_lm_and_talk_heads": False,
+    "merged_lm_and_think_heads": True,
+    "use_concat_talk_head": True,
+    "use_shallow_think": True,
+    "use_shallow_talk": False,
+    "use_complex_think_head": False,
+    "use_complex_talk_head": True,
     "use_weighted_talk_head": True,
 }
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -56,10 +62,19 @@ def write_release_tokenizer(directory) -> None:
     # Swapped order as in every mirror of the release tokenizer (spec §1.1).
     tok.add_special_tokens({"additional_special_tokens": [END, START]})
     tok.save_pretrained(str(directory))
-    (directory / "added_tokens.json").write_text(json.dumps({END: BASE_VOCAB, START: BASE_VOCAB + 1}))
-    (directory / "special_tokens_map.json").write_text(json.dumps({
-        "additional_special_tokens": [END, START], "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>"}))
+    (directory / "added_tokens.json").write_text(
+        json.dumps({END: BASE_VOCAB, START: BASE_VOCAB + 1})
+    )
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "additional_special_tokens": [END, START],
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
 
 
 def make_release_checkpoint(directory, head_hidden: int = D, with_heads: bool = True):
@@ -72,10 +87,16 @@ def make_release_checkpoint(directory, head_hidden: int = D, with_heads: bool = 
     (directory / "model.safetensors").unlink()
     extra = quietstar_tensors(head_hidden) if with_heads else {}
     tensors.update(extra)
-    first = {"model.embed_tokens.weight", "start_embedding", "talk_head.0.0.weight",
-             "talk_head.0.0.bias"} | {k for k in tensors if k.startswith("model.layers.0.")}
-    shards = {SHARD1: {k: v for k, v in tensors.items() if k in first},
-              SHARD2: {k: v for k, v in tensors.items() if k not in first}}
+    first = {
+        "model.embed_tokens.weight",
+        "start_embedding",
+        "talk_head.0.0.weight",
+        "talk_head.0.0.bias",
+    } | {k for k in tensors if k.startswith("model.layers.0.")}
+    shards = {
+        SHARD1: {k: v for k, v in tensors.items() if k in first},
+        SHARD2: {k: v for k, v in tensors.items() if k not in first},
+    }
     weight_map = {}
     for name, part in shards.items():
         save_file(part, str(directory / name), metadata={"format": "pt"})
@@ -129,12 +150,24 @@ def hand_mixed_logits(directory, prefix: list[int], thought: list[int]):
         with safe_open(str(directory / weight_map[key]), "pt") as f:
             t[key] = f.get_tensor(key)
     emb = hf.model.embed_tokens
-    x = torch.cat([emb(torch.tensor(prefix)), t["start_embedding"][:1] * 100,
-                   emb(torch.tensor(thought)), t["end_embedding"][:1] * 100])[None]
+    x = torch.cat(
+        [
+            emb(torch.tensor(prefix)),
+            t["start_embedding"][:1] * 100,
+            emb(torch.tensor(thought)),
+            t["end_embedding"][:1] * 100,
+        ]
+    )[None]
     with torch.no_grad():
-        h = hf.model(inputs_embeds=x, position_ids=torch.arange(x.shape[1])[None]).last_hidden_state[0]
+        h = hf.model(
+            inputs_embeds=x, position_ids=torch.arange(x.shape[1])[None]
+        ).last_hidden_state[0]
         h_base, h_post = h[len(prefix) - 1], h[-1]
-        z = F.relu(F.linear(torch.cat([h_base, h_post]), t["talk_head.0.0.weight"], t["talk_head.0.0.bias"]))
+        z = F.relu(
+            F.linear(
+                torch.cat([h_base, h_post]), t["talk_head.0.0.weight"], t["talk_head.0.0.bias"]
+            )
+        )
         z = F.relu(F.linear(z, t["talk_head.0.2.weight"], t["talk_head.0.2.bias"]))
         w = F.linear(z, t["talk_head.0.4.weight"])  # (1,), no sigmoid (spec §2.3)
         logits = hf.lm_head((1 - w) * h_base + w * h_post)

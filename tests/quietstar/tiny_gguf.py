@@ -62,7 +62,10 @@ def write_tiny_gguf(hf_dir: Path, path: Path) -> Path:
     w.add_tensor("output_norm.weight", tensors["model.norm.weight"].numpy())
     if "lm_head.weight" in tensors:
         w.add_tensor("output.weight", tensors["lm_head.weight"].numpy())
-    heads = {"attn_q.weight": cfg["num_attention_heads"], "attn_k.weight": cfg["num_key_value_heads"]}
+    heads = {
+        "attn_q.weight": cfg["num_attention_heads"],
+        "attn_k.weight": cfg["num_key_value_heads"],
+    }
     for i in range(cfg["num_hidden_layers"]):
         for hf_suffix, name in NAMES.items():
             t = tensors[f"model.layers.{i}.{hf_suffix}"]
