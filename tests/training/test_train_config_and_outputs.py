@@ -140,3 +140,15 @@ def test_cli_run_with_eval_writes_jsonl_plot_and_a_loadable_checkpoint(tmp_path)
     assert [r for r in again if r["kind"] == "train"] == train
     assert [r["step"] for r in again if r["kind"] == "eval"] == [1, 2, 2]
     assert again[-1]["eval_tokens"] < evals[-1]["eval_tokens"]
+
+
+def test_plot_smooths_long_runs_and_accepts_a_metrics_file(tmp_path):
+    from training.plot import plot_run
+
+    records = [
+        {"kind": "train", "step": s, "base_loss": 3.0 - s / 100, "lr": 1e-4} for s in range(1, 61)
+    ]
+    records.append({"kind": "eval", "step": 60, "eval_base_nll": 2.9, "eval_thought_nll": 2.8})
+    write_jsonl(tmp_path / "metrics.jsonl", records)
+    assert plot_run(tmp_path / "metrics.jsonl") == tmp_path / "metrics.png"
+    assert (tmp_path / "metrics.png").stat().st_size > 1000
