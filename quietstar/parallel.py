@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .llama import sdpa
 from .model import END_THOUGHT, START_THOUGHT, QuietStarModel
+from .sampling import sample_categorical
 
 
 class ParallelThoughtAttention:
@@ -124,9 +125,7 @@ def _next_thought(logits, k, forced, temperature, generator):
     if forced is not None:
         return forced[..., k - 1]
     with torch.no_grad():
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+        return sample_categorical(torch.softmax(logits.float() / temperature, dim=-1), generator)
 
 
 def _shift_left(x: torch.Tensor, s: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from quietstar.sampling import sample_categorical
+
 from .sampling_params import SamplingParams
 
 
@@ -28,7 +30,7 @@ def sample_visible(
     if params.temperature == 0:
         token = int(scores.argmax())
     else:
-        token = int(torch.multinomial(_filtered_probs(scores, params), 1, generator=generator))
+        token = int(sample_categorical(_filtered_probs(scores, params), generator))
     top = None
     if params.logprobs is not None and params.logprobs > 0:
         values, ids = logprobs.topk(params.logprobs)
@@ -66,4 +68,4 @@ def sample_thoughts(
 ) -> list[int]:
     """logits (K, V) fp32 with meta-tokens masked -> one thought token per row."""
     probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
+    return sample_categorical(probs, generator).tolist()
