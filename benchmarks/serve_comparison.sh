@@ -8,6 +8,8 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results}
 N=${NUM_REQUESTS:-16}
 TOKENS=${MAX_TOKENS:-128}
+THINK_N=${THINK_REQUESTS:-8}       # thoughts on costs L+2 steps per token: fewer, shorter requests
+THINK_TOKENS=${THINK_TOKENS:-32}
 MODEL_DIR=$($PY -c 'from quietstar.default_model import default_model_dir; print(default_model_dir())')
 mkdir -p "$OUT"
 
@@ -15,7 +17,7 @@ wait_healthy() {  # url
   for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 1; done
   echo "server at $1 did not come up" >&2; return 1
 }
-bench() {  # base-url name extra-args...
+bench() {  # base-url name extra-args... (later --num-requests / --max-tokens win)
   local url=$1 name=$2; shift 2
   $PY -m benchmarks serve --base-url "$url" --concurrency 1,8 --num-requests "$N" \
     --max-tokens "$TOKENS" --endpoint completions --out "$OUT/$name" "$@"
@@ -26,7 +28,8 @@ QS=$!
 trap 'kill $QS 2>/dev/null || true' EXIT
 wait_healthy http://127.0.0.1:8090/health
 bench http://127.0.0.1:8090/v1 quietstar-thoughts-off --thoughts off
-bench http://127.0.0.1:8090/v1 quietstar-thoughts-on --thoughts on --thought-tokens 8
+bench http://127.0.0.1:8090/v1 quietstar-thoughts-on --thoughts on --thought-tokens 8 \
+  --num-requests "$THINK_N" --max-tokens "$THINK_TOKENS"
 kill $QS; wait $QS 2>/dev/null || true
 
 if [ -n "${VLLM_PY:-}" ]; then

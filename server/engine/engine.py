@@ -161,27 +161,38 @@ class Engine:
     # ------------------------------------------------------------------ postprocess
 
     def _postprocess(self, rows: StepRows) -> None:
-        sample_rows, mix_rows = [], []
+        direct_rows, sample_rows, mix_rows = [], [], []
         for seq in self.scheduler.running:
             fed_base = seq.pending_token is not None
             seq.pending_token = None
             if fed_base:
-                self._after_base(seq, rows.base[seq.slot])
+                self._after_base(seq, rows.base[seq.slot], direct_rows)
             elif seq.thought_step >= 0:
                 self._advance_thought(seq, rows.thoughts[seq.slot], sample_rows, mix_rows)
+        self._emit_direct(direct_rows)
         self._sample_thoughts(sample_rows)
         self._mix_and_emit(mix_rows)
 
-    def _after_base(self, seq: Sequence, h: torch.Tensor) -> None:
-        """A visible token (or the prompt) was fed: think, or sample the next token directly."""
+    def _after_base(self, seq: Sequence, h: torch.Tensor, direct_rows: list | None = None) -> None:
+        """A visible token (or the prompt) was fed: think, or sample the next token directly
+        (queued in `direct_rows` so one LM-head matmul serves the whole batch)."""
         seq.h_base = h
         if seq.is_thinking:
             if seq.thought_step < 0:
                 seq.start_thought()
                 self.cache.branch(seq.slot)
             return
-        logprobs = torch.log_softmax(self.model.logits(h), dim=-1)
-        self._emit(seq, logprobs, None, None)
+        if direct_rows is None:
+            self._emit_direct([(seq, h)])
+        else:
+            direct_rows.append((seq, h))
+
+    def _emit_direct(self, rows) -> None:
+        if not rows:
+            return
+        logprobs = torch.log_softmax(self.model.logits(torch.stack([h for _, h in rows])), dim=-1)
+        for (seq, _), row in zip(rows, logprobs):
+            self._emit(seq, row, None, None)
 
     def _advance_thought(self, seq, h, sample_rows, mix_rows) -> None:
         t, L = seq.thought_step, seq.num_thought_tokens_per_step

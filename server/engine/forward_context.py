@@ -63,6 +63,8 @@ class DecodeAttention:
         self.thought_mask = (
             torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
         )
+        if batch.max_thought:
+            self.joint_mask = torch.cat((self.prefix_mask, self.thought_mask), dim=1)
 
     def _write(self, layer: int, k, v) -> None:
         b, c = self.b, self.cache
@@ -77,13 +79,8 @@ class DecodeAttention:
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
         self._write(layer, k, v)
-        if b.max_thought == 0 and b.R == 1 and len(q) == b.n:  # thoughts off: plain SDPA per slot
-            Kp = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
-            Vp = self.cache.v[layer, : b.n, :, : b.max_prefix]
-            out = F.scaled_dot_product_attention(
-                q[:, :, None], Kp, Vp, enable_gqa=True, attn_mask=self.prefix_mask[:, None, None, :]
-            )
-            return out[None, :, :, 0]
+        if b.R == 1 and len(q) == b.n:  # one row per slot: a plain SDPA call
+            return self._one_row_per_slot(layer, q)
         H, D = q.shape[1:]
         kvh = k.shape[1]
         g = H // kvh
@@ -106,6 +103,24 @@ class DecodeAttention:
             out = self._with_thoughts(layer, qd, sp, Vp, scale)
         out = out.permute(0, 2, 1, 3, 4).reshape(b.n * b.R, H, D)
         return (out if packed else out[b.dense_index])[None]
+
+    def _one_row_per_slot(self, layer: int, q):
+        """Thoughts off (the slot's prefix), or one thought per slot on a thought-only step (its
+        prefix, then its own thought keys; the concatenation copies one prefix per slot, which
+        costs less than the general path's extra kernels)."""
+        b = self.b
+        keys = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
+        values = self.cache.v[layer, : b.n, :, : b.max_prefix]
+        mask = self.prefix_mask
+        if b.max_thought:
+            T = b.max_thought
+            keys = torch.cat((keys, self.cache.tk[layer, : b.n, 0, :, :T]), dim=2)
+            values = torch.cat((values, self.cache.tv[layer, : b.n, 0, :, :T]), dim=2)
+            mask = self.joint_mask
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], keys, values, enable_gqa=True, attn_mask=mask[:, None, None, :]
+        )
+        return out[None, :, :, 0]
 
     def _with_thoughts(self, layer: int, qd, sp, Vp, scale):
         b = self.b
