@@ -234,11 +234,15 @@ class LlamaBackbone(nn.Module):
         return self.norm(x)
 
     def fuse_for_inference(self) -> None:
-        """Fuse q/k/v and gate/up projections in every layer. The model can no longer be saved
-        or trained afterwards; the engine calls this on the model it owns."""
+        """Fuse q/k/v and gate/up projections in every layer and, on CPU in bf16, pre-pack every
+        linear for oneDNN. The model can no longer be saved or trained afterwards; the engine
+        calls this on the model it owns."""
+        from .packed import pack_linears
+
         for layer in self.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
+        pack_linears(self)  # CPU bf16 only; a no-op elsewhere
         self.is_fused = True
 
     def hf_state_dict_keys(self) -> dict[str, str]:

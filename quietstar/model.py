@@ -53,7 +53,7 @@ class QuietStarModel(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.backbone.lm_head.weight.shape[0]
+        return self.backbone.embed_tokens.weight.shape[0]  # == LM-head rows (grown together)
 
     def init_meta_vectors(self, token_id: int) -> None:
         """spec §1.2: both meta vectors start as the embedding of the first '---' sub-token."""
