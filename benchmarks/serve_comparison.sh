@@ -23,7 +23,7 @@ bench() {  # base-url name extra-args... (later --num-requests / --max-tokens wi
     --max-tokens "$TOKENS" --endpoint completions --out "$OUT/$name" "$@"
 }
 
-$PY -m server --model default --port 8090 --max-num-seqs 8 --num-threads 2 >"$OUT/quietstar-server.log" 2>&1 &
+$PY -m server --model default --port 8090 --max-num-seqs 8 >"$OUT/quietstar-server.log" 2>&1 &
 QS=$!
 trap 'kill $QS 2>/dev/null || true' EXIT
 wait_healthy http://127.0.0.1:8090/health
