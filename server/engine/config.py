@@ -32,7 +32,11 @@ class EngineConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed for requests that give none"})
     num_threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (default: torch's)"}
+        default=None,
+        metadata={
+            "help": "torch CPU threads (default: torch's; under `quietstar serve` on CPU, all "
+            "cores but one, which stays with the HTTP event loop)"
+        },
     )
 
     def __post_init__(self):
