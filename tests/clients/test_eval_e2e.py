@@ -67,11 +67,42 @@ def endpoint(tmp_path_factory):
             proc.wait(30)
 
 
+# Made-up questions in the original layouts, used where ../shared/data is not beside the clone.
+FALLBACK = {
+    "gsm8k/test_sample.jsonl": [
+        {
+            "question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+            "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}",
+        }
+        for a, b in ((3, 4), (10, 5), (7, 8))
+    ],
+    "commonsenseqa/dev_sample.jsonl": [
+        {
+            "answerKey": "B",
+            "id": f"made-up-{i}",
+            "question": {
+                "question_concept": "rain",
+                "stem": "What do people carry when it rains?",
+                "choices": [
+                    {"label": label, "text": text}
+                    for label, text in zip(
+                        "ABCDE", ("a spoon", "an umbrella", "a ladder", "a candle", "a fork")
+                    )
+                ],
+            },
+        }
+        for i in range(2)
+    ],
+}
+
+
 def _data(name: str, tmp_path: Path) -> Path:
     path = SHARED / name
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the shared data folder must sit beside the repository")
-    return path
+    if path.is_file():
+        return path
+    fallback = tmp_path / Path(name).name
+    fallback.write_text("".join(json.dumps(row) + "\n" for row in FALLBACK[name]))
+    return fallback
 
 
 def _eval(tmp_path: Path, *args: str) -> dict:
