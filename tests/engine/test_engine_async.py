@@ -6,15 +6,9 @@ import asyncio
 import time
 
 import pytest
-from engine_support import make_engine, prompt_ids, tiny_model, torch_threads
+from engine_support import make_engine, prompt_ids, tiny_model
 
 from server.engine import AsyncEngine, EngineConfig, FinishReason, SamplingParams, ThoughtParams
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture

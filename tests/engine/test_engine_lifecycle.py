@@ -12,17 +12,10 @@ from engine_support import (
     run_steps,
     run_to_completion,
     tiny_model,
-    torch_threads,
 )
 
 import quietstar
 from server.engine import FinishReason, SamplingParams, ThoughtParams
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

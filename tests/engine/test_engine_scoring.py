@@ -11,18 +11,11 @@ from engine_support import (
     make_engine,
     prompt_ids,
     tiny_model,
-    torch_threads,
 )
 
 from quietstar import reference
 from quietstar.parallel import parallel_thought_forward
 from server.engine import ThoughtParams
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 def reproduce_thoughts(model, ids: list[int], L: int, K: int, seed: int) -> torch.Tensor:

@@ -13,17 +13,10 @@ from engine_support import (
     run_steps,
     run_to_completion,
     tiny_model,
-    torch_threads,
 )
 
 from quietstar import reference
 from server.engine import FinishReason, SamplingParams, ThoughtParams
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 def thinking(max_tokens: int, L: int, K: int = 1, seed: int = 0, **kw) -> SamplingParams:

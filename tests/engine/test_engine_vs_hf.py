@@ -13,18 +13,10 @@ from engine_support import (
     run_to_completion,
     tiny_dir,
     tiny_model,
-    torch_threads,
 )
 
 import quietstar
 from server.engine import FinishReason, SamplingParams
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    with torch_threads(1):
-        yield
-
 
 NEW_TOKENS = 16
 
