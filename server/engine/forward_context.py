@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from quietstar.llama import sdpa
 
@@ -117,10 +116,14 @@ class DecodeAttention:
             keys = torch.cat((keys, self.cache.tk[layer, : b.n, 0, :, :T]), dim=2)
             values = torch.cat((values, self.cache.tv[layer, : b.n, 0, :, :T]), dim=2)
             mask = self.joint_mask
-        out = F.scaled_dot_product_attention(
-            q[:, :, None], keys, values, enable_gqa=True, attn_mask=mask[:, None, None, :]
-        )
-        return out[None, :, :, 0]
+        # Grouped heads as rows of one small matmul per slot: for a single query row this beat
+        # the CPU SDPA kernel with a mask and GQA (0.46 ms per layer at batch 8) several times.
+        n, kvh, _, D = keys.shape
+        qg = q.view(n, kvh, -1, D)  # (n, KVH, G, D)
+        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * (1.0 / math.sqrt(D))
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        p = torch.softmax(scores, dim=-1).to(q.dtype)
+        return torch.matmul(p, values).view(1, n, -1, D)  # (1, n, H, D)
 
     def _with_thoughts(self, layer: int, qd, sp, Vp, scale):
         b = self.b
