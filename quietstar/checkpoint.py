@@ -88,11 +88,7 @@ def weight_files(directory: Path) -> dict[str, Path]:
                 raise ValueError(f"{index}: shard {path.name} is missing")
         return files
     if single.is_file():
-        try:
-            with safe_open(single, "pt") as f:
-                return dict.fromkeys(f.keys(), single)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{single}: unreadable safetensors file: {e}") from e
+        return weight_files_of(single)
     raise ValueError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 

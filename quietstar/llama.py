@@ -30,11 +30,13 @@ class DenseCausalAttention:
         self.key_mask = key_mask  # (B, T) bool, True = real token
 
     def attend(self, layer: int, q, k, v):
-        T = q.shape[1]
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        if self.key_mask is not None:
-            mask = mask & self.key_mask[:, None, None, :]
-        return sdpa(q, k, v, mask)
+        return sdpa(q, k, v, causal_mask(q.shape[1], self.key_mask, q.device))
+
+
+def causal_mask(T: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """(T, T) lower-triangular, or (B, 1, T, T) with padded keys (key_mask (B, T)) blocked."""
+    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    return mask if key_mask is None else mask & key_mask[:, None, None, :]
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

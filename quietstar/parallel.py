@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .llama import sdpa
+from .llama import causal_mask, sdpa
 from .model import END_THOUGHT, START_THOUGHT, QuietStarModel
 from .sampling import sample_categorical
 
@@ -33,11 +33,7 @@ class ParallelThoughtAttention:
     def attend(self, layer: int, q, k, v):
         if self.block0[layer] is None:
             self.block0[layer] = (k, v)
-            T = q.shape[1]
-            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            if self.key_mask is not None:
-                mask = mask & self.key_mask[:, None, None, :]
-            return sdpa(q, k, v, mask)
+            return sdpa(q, k, v, causal_mask(q.shape[1], self.key_mask, q.device))
         self.diag[layer].append((k, v))
         return self._branch_attend(layer, q)
 
@@ -50,9 +46,9 @@ class ParallelThoughtAttention:
         qg = q.view(B, T, kvh, H // kvh, D)  # (B, T, KVH, G, D)
         scale = 1.0 / math.sqrt(D)
         s0 = torch.einsum("bikgd,bjkd->bkgij", qg, k0) * scale  # (B, KVH, G, T, T)
-        allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        if self.key_mask is not None:
-            allowed = allowed & self.key_mask[:, None, None, None, :]
+        allowed = causal_mask(T, self.key_mask, q.device)  # (T, T) or (B, 1, T, T)
+        if allowed.dim() == 4:
+            allowed = allowed[:, :, None]  # (B, 1, 1, T, T) against (B, KVH, G, T, T)
         s0 = s0.masked_fill(~allowed, float("-inf"))
         sd = torch.einsum("bikgd,bnikd->bkgin", qg, kd) * scale  # (B, KVH, G, T, n)
         p = torch.softmax(torch.cat((s0.float(), sd.float()), dim=-1), dim=-1).to(q.dtype)
