@@ -179,8 +179,7 @@ class Engine:
         seq.h_base = h
         if seq.is_thinking:
             if seq.thought_step < 0:
-                seq.start_thought()
-                self.cache.branch(seq.slot)
+                self._begin_thought(seq)
             return
         if direct_rows is None:
             self._emit_direct([(seq, h)])
@@ -257,8 +256,12 @@ class Engine:
             return
         seq.pending_token = s.token_id
         if seq.is_thinking:
-            seq.start_thought()
-            self.cache.branch(seq.slot)
+            self._begin_thought(seq)
+
+    def _begin_thought(self, seq: Sequence) -> None:
+        """START is fed next step; its rows attend the slot's whole current prefix."""
+        seq.start_thought()
+        self.cache.branch(seq.slot)
 
     def _finish_reason(self, seq: Sequence, token: int, hit_stop: bool) -> FinishReason | None:
         p = seq.params
