@@ -1,22 +1,17 @@
 """Test helpers for the API layer: a scripted FakeEngine with the AsyncEngine surface (thoughts,
 logprobs, stop strings, scoring, blocking, failures, abort records), app/client builders and an
 SSE parser.
-
-Not a conftest: tests/conftest.py is loaded by path under a private name, so this directory's
-helpers never shadow it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,12 +29,7 @@ from server.engine import (
     ThoughtParams,
     TokenOutput,
 )
-
-_spec = importlib.util.spec_from_file_location(
-    "_qs_api_root_conftest", Path(__file__).parents[1] / "conftest.py"
-)
-root_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(root_conftest)
+from tests.support import byte_tokenizer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -50,7 +40,7 @@ THOUGHT = "hmm"
 
 
 def chat_tokenizer() -> Any:
-    tokenizer = root_conftest.byte_tokenizer()
+    tokenizer = byte_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

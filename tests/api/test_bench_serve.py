@@ -8,9 +8,9 @@ import json
 
 import httpx
 import pytest
-from api_fakes import FakeEngine, make_app, serve_in_thread
 
 from benchmarks import online_serving
+from tests.api.api_fakes import FakeEngine, make_app, serve_in_thread
 
 
 def data_file(tmp_path):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from api_fakes import CHAT, COMPLETION, FakeEngine, client, make_app
 
 from server.api import build_app
 from server.config import ServerConfig
 from server.engine import EngineConfig
+from tests.api.api_fakes import CHAT, COMPLETION, FakeEngine, client, make_app
 
 pytestmark = pytest.mark.anyio
 

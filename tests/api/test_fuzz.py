@@ -4,8 +4,9 @@ no generated request, valid or not, gets a 5xx, and every error uses the OpenAI 
 from __future__ import annotations
 
 import schemathesis
-from api_fakes import make_app
 from hypothesis import HealthCheck, settings
+
+from tests.api.api_fakes import make_app
 
 APP, ENGINE = make_app()
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)

@@ -10,13 +10,13 @@ import threading
 import time
 
 import pytest
-from api_fakes import CHAT, COMPLETION, FakeEngine, client, make_app, sse_events
 from fastapi.testclient import TestClient
 
 import server.engine
 from server.api import build_app
 from server.config import ServerConfig
 from server.engine import EngineConfig
+from tests.api.api_fakes import CHAT, COMPLETION, FakeEngine, client, make_app, sse_events
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from api_fakes import root_conftest
+
+from tests.support import make_hf_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -91,7 +92,7 @@ def _tail(log) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return root_conftest.make_hf_checkpoint(tmp_path_factory.mktemp("real-server") / "tiny")
+    return make_hf_checkpoint(tmp_path_factory.mktemp("real-server") / "tiny")
 
 
 @pytest.fixture(scope="module")

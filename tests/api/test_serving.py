@@ -4,7 +4,8 @@ framing, usage accounting of thought tokens, logprobs, thoughts, batched prompts
 from __future__ import annotations
 
 import pytest
-from api_fakes import CHAT, COMPLETION, REPLY, FakeEngine, client, make_app, sse_events
+
+from tests.api.api_fakes import CHAT, COMPLETION, REPLY, FakeEngine, client, make_app, sse_events
 
 pytestmark = pytest.mark.anyio
 

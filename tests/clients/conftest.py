@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from eval_fakes import CSQA_ROWS, GSM8K_ROWS, FakeEndpoint, gsm8k_reply, write_jsonl
+
+from tests.clients.eval_fakes import CSQA_ROWS, GSM8K_ROWS, FakeEndpoint, gsm8k_reply, write_jsonl
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_fakes import FakeEndpoint, free_port, live_server
 
 from clients.__main__ import main
+from tests.clients.eval_fakes import FakeEndpoint, free_port, live_server
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from eval_fakes import FakeEndpoint
 
 from clients import EvalConfig, EvalError, run_eval, run_sweep
+from tests.clients.eval_fakes import FakeEndpoint
 
 
 def evaluate(fake: FakeEndpoint, **settings: Any) -> dict[str, Any]:

@@ -11,11 +11,11 @@ import types
 from pathlib import Path
 
 import pytest
-from eval_fakes import CSQA_ROWS, GSM8K_ROWS, write_jsonl
 
 from clients import csqa, gsm8k
 from clients.common import Example, Output
 from clients.config import EvalConfig, EvalError
+from tests.clients.eval_fakes import CSQA_ROWS, GSM8K_ROWS, write_jsonl
 
 APPLES = Example("test-1", "Tom has 10 apples and buys 8 more.", "18", " 18")
 BANK = csqa.parse_record(CSQA_ROWS[0], 1)

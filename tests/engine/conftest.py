@@ -4,7 +4,8 @@ barrier can wait for a core), restored after each module."""
 from __future__ import annotations
 
 import pytest
-from engine_support import torch_threads
+
+from tests.engine.engine_support import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")

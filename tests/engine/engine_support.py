@@ -1,9 +1,5 @@
 """Helpers for the engine tests: tiny checkpoints (written once per test process), engines built
 on an already-loaded model, a synchronous driver, and NaN-safe comparisons.
-
-Not a conftest: every `conftest.py` outside a package is imported as the module `conftest`, so a
-second one replaces tests/conftest.py in `sys.modules`. For the same reason the tiny-checkpoint
-helpers are loaded from tests/conftest.py by path, not with `from conftest import ...`.
 """
 
 from __future__ import annotations
@@ -11,10 +7,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import importlib.util
 import math
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,21 +17,7 @@ import torch
 
 import quietstar
 from server.engine import Engine, EngineConfig, FinishReason, TokenOutput
-
-
-def _root_conftest():
-    name = "_quietstar_tests_root_conftest"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-make_hf_checkpoint = _root_conftest().make_hf_checkpoint
-randomize_heads = _root_conftest().randomize_heads
+from tests.support import make_hf_checkpoint, randomize_heads  # noqa: F401  (re-exported)
 
 _TMP = Path(tempfile.mkdtemp(prefix="quietstar-engine-tests-"))
 atexit.register(shutil.rmtree, _TMP, True)

@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
-from engine_support import make_engine, prompt_ids, tiny_model
 
 from server.engine import AsyncEngine, EngineConfig, FinishReason, SamplingParams, ThoughtParams
+from tests.engine.engine_support import make_engine, prompt_ids, tiny_model
 
 
 @pytest.fixture

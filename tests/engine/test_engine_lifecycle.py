@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_support import (
+
+import quietstar
+from server.engine import FinishReason, SamplingParams, ThoughtParams
+from tests.engine.engine_support import (
     make_engine,
     prompt_ids,
     run_steps,
     run_to_completion,
     tiny_model,
 )
-
-import quietstar
-from server.engine import FinishReason, SamplingParams, ThoughtParams
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_support import (
+
+from quietstar import reference
+from quietstar.parallel import parallel_thought_forward
+from server.engine import ThoughtParams
+from tests.engine.engine_support import (
     assert_close,
     assert_tensors_close,
     make_engine,
     prompt_ids,
     tiny_model,
 )
-
-from quietstar import reference
-from quietstar.parallel import parallel_thought_forward
-from server.engine import ThoughtParams
 
 
 def reproduce_thoughts(model, ids: list[int], L: int, K: int, seed: int) -> torch.Tensor:

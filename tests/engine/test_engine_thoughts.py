@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_support import (
+
+from quietstar import reference
+from server.engine import FinishReason, SamplingParams, ThoughtParams
+from tests.engine.engine_support import (
     assert_close,
     make_engine,
     prompt_ids,
@@ -14,9 +17,6 @@ from engine_support import (
     run_to_completion,
     tiny_model,
 )
-
-from quietstar import reference
-from server.engine import FinishReason, SamplingParams, ThoughtParams
 
 
 def thinking(max_tokens: int, L: int, K: int = 1, seed: int = 0, **kw) -> SamplingParams:

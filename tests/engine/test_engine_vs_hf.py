@@ -7,16 +7,16 @@ import copy
 
 import pytest
 import torch
-from engine_support import (
+
+import quietstar
+from server.engine import FinishReason, SamplingParams
+from tests.engine.engine_support import (
     make_engine,
     prompt_ids,
     run_to_completion,
     tiny_dir,
     tiny_model,
 )
-
-import quietstar
-from server.engine import FinishReason, SamplingParams
 
 NEW_TOKENS = 16
 

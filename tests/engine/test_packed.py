@@ -4,11 +4,11 @@ linears on CPU) computes the same logits as the plain model."""
 from __future__ import annotations
 
 import torch
-from engine_support import make_hf_checkpoint
 
 import quietstar
 from quietstar.llama import DenseCausalAttention
 from quietstar.packed import PackedLinear
+from tests.engine.engine_support import make_hf_checkpoint
 
 
 def _logits(model, ids):

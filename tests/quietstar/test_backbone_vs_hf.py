@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from logit_checks import assert_logits_close
-from qs_support import make_hf_checkpoint
 
 import quietstar
 from quietstar.llama import DenseCausalAttention
+from tests.quietstar.logit_checks import assert_logits_close
+from tests.support import make_hf_checkpoint
 
 FAMILIES = ["llama", "llama3", "mistral", "qwen2", "smollm2"]
 

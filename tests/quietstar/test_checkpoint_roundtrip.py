@@ -6,12 +6,12 @@ import logging
 
 import pytest
 import torch
-from qs_support import make_hf_checkpoint, randomize_heads
 
 import quietstar
 from quietstar import checkpoint
 from quietstar.model import END_THOUGHT, START_THOUGHT
 from quietstar.reference import thought_aided_logits
+from tests.support import make_hf_checkpoint, randomize_heads
 
 PREFIX, THOUGHT = [5, 17, 200, 33], [40, 41, 42]
 

@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-from qs_support import make_hf_checkpoint, randomize_heads
 from safetensors import safe_open
-from test_release_layout import make_release_checkpoint
-from tiny_gguf import write_tiny_gguf
 
 import quietstar
 from quietstar.cli import main as cli_main
 from quietstar.convert import build_parser, main
+from tests.quietstar.test_release_layout import make_release_checkpoint
+from tests.quietstar.tiny_gguf import write_tiny_gguf
+from tests.support import make_hf_checkpoint, randomize_heads
 
 PREFIX, THOUGHT = [5, 17, 200, 33], [40, 41, 42]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from qs_support import make_hf_checkpoint
 from safetensors import safe_open
-from tiny_gguf import write_tiny_gguf
 
 import quietstar
 from quietstar import default_model
+from tests.quietstar.tiny_gguf import write_tiny_gguf
+from tests.support import make_hf_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-from qs_support import make_hf_checkpoint, randomize_heads
 
 import quietstar
 from quietstar.config import CONFIG_FILE, TENSORS_FILE
+from tests.support import make_hf_checkpoint, randomize_heads
 
 
 def test_heads_from_another_directory(tmp_path):

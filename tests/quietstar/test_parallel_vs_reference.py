@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from logit_checks import assert_logits_close, finite_max_abs_diff
-from qs_support import make_hf_checkpoint, randomize_heads
 
 import quietstar
 from quietstar.parallel import parallel_thought_forward
 from quietstar.reference import thought_aided_logits
+from tests.quietstar.logit_checks import assert_logits_close, finite_max_abs_diff
+from tests.support import make_hf_checkpoint, randomize_heads
 
 NUM_THOUGHT_TOKENS = 3
 

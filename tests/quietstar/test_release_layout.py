@@ -13,13 +13,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from logit_checks import assert_logits_close
-from qs_support import TINY, byte_tokenizer, make_hf_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import quietstar
 from quietstar.reference import thought_aided_logits
+from tests.quietstar.logit_checks import assert_logits_close
+from tests.support import TINY, byte_tokenizer, make_hf_checkpoint
 
 START, END = "<|startthought|>", "<|endthought|>"
 BASE_VOCAB = 259  # the byte tokenizer: 3 specials + 256 bytes

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qs_support import randomize_heads
 
 import quietstar
 from quietstar.llama import DenseCausalAttention
 from quietstar.model import END_THOUGHT, START_THOUGHT
 from quietstar.reference import base_logits, thought_aided_logits
+from tests.support import randomize_heads
 
 PREFIX = [5, 17, 200, 33, 99, 4]
 THOUGHT = [40, 41, 42, 43, 44]

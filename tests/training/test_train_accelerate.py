@@ -14,9 +14,15 @@ import sys
 from pathlib import Path
 
 import torch
-from train_support import gsm_records, make_hf_checkpoint, single_thread, train_args, write_jsonl  # noqa: F401
 
 import quietstar
+from tests.training.train_support import (  # noqa: F401
+    gsm_records,
+    make_hf_checkpoint,
+    single_thread,
+    train_args,
+    write_jsonl,
+)
 from training.checkpointing import load_trainer_state
 from training.metrics import read_metrics
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_support import make_hf_checkpoint, randomize_heads, single_thread  # noqa: F401
 
 import quietstar
 from quietstar.parallel import parallel_thought_forward
+from tests.training.train_support import make_hf_checkpoint, randomize_heads, single_thread  # noqa: F401
 from training import checkpointing as ckpt
 from training.config import TrainConfig
 from training.objective import QuietStarObjective, apply_mode

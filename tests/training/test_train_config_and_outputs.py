@@ -8,8 +8,14 @@ from dataclasses import fields
 
 import pytest
 import torch
-from train_support import gsm_records, make_hf_checkpoint, single_thread, train_args, write_jsonl  # noqa: F401
 
+from tests.training.train_support import (  # noqa: F401
+    gsm_records,
+    make_hf_checkpoint,
+    single_thread,
+    train_args,
+    write_jsonl,
+)
 from training.__main__ import main
 from training.config import TrainConfig, build_parser, parse_config
 from training.evaluation import summarize

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_support import byte_tokenizer, gsm_records, single_thread, train_args, write_jsonl  # noqa: F401
 
 import training.checkpointing
+from tests.training.train_support import (  # noqa: F401
+    byte_tokenizer,
+    gsm_records,
+    single_thread,
+    train_args,
+    write_jsonl,
+)
 from training.__main__ import main
 from training.data import (
     DataError,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_support import make_hf_checkpoint, randomize_heads, single_thread  # noqa: F401
 
 import quietstar
 from quietstar import END_THOUGHT, START_THOUGHT
 from quietstar.llama import DenseCausalAttention
 from quietstar.reference import thought_aided_logits
+from tests.training.train_support import make_hf_checkpoint, randomize_heads, single_thread  # noqa: F401
 from training.config import TrainConfig
 from training.objective import thought_forward
 

@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import gsm_records, make_hf_checkpoint, single_thread, train_args, write_jsonl  # noqa: F401
 
+from tests.training.train_support import (  # noqa: F401
+    gsm_records,
+    make_hf_checkpoint,
+    single_thread,
+    train_args,
+    write_jsonl,
+)
 from training.__main__ import main
 from training.checkpointing import find_last_step, load_trainer_state
 from training.metrics import read_metrics

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_support import make_hf_checkpoint, randomize_heads, single_thread  # noqa: F401
 
 import quietstar
+from tests.training.train_support import make_hf_checkpoint, randomize_heads, single_thread  # noqa: F401
 from training.config import TrainConfig
 from training.objective import QuietStarObjective, apply_mode, is_head_parameter
 from training.run import make_optimizer

@@ -1,26 +1,14 @@
-"""Helpers for the training tests: tiny checkpoints and data files, CLI argument lists.
-
-The shared helpers of tests/conftest.py are loaded by path under a private name: with several
-conftest.py files in the tree, `from conftest import ...` can resolve to the wrong one.
-"""
+"""Helpers for the training tests: tiny checkpoints and data files, CLI argument lists."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location(
-    "_qs_root_conftest", Path(__file__).parents[1] / "conftest.py"
-)
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-make_hf_checkpoint = _root.make_hf_checkpoint
-randomize_heads = _root.randomize_heads
-byte_tokenizer = _root.byte_tokenizer
+from tests.support import byte_tokenizer, make_hf_checkpoint, randomize_heads  # noqa: F401
 
 WORDS = "the cat sat on a mat and then 12 plus 30 is 42 so we add more apples to the basket".split()
 
