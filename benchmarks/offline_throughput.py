@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeats", type=int, default=3, help="alternated repeats per comparison (median)"
     )
-    p.add_argument("--out", default="benchmarks/results/engine.json", help="JSON output path")
+    p.add_argument("--out", default="runs/bench/engine.json", help="JSON output path")
     return p
 
 

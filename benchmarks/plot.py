@@ -1,7 +1,7 @@
 """Draw the benchmark results as one PNG: engine ratios against their targets, and visible
 tokens/s of each served configuration at each concurrency.
 
-    python -m benchmarks.plot benchmarks/results --out benchmarks/results.png
+    python -m benchmarks.plot results/benchmarks --out results/benchmarks/results.png
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def draw(results: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__)
     p.add_argument("results", type=Path, help="folder with engine.json and bench-serve JSON files")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results.png"), help="PNG to write")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/results.png"), help="PNG to write")
     args = p.parse_args(argv)
     print(draw(args.results, args.out))
     return 0

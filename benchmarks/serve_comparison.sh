@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=${OUT:-benchmarks/results}
+OUT=${OUT:-runs/bench}
 N=${NUM_REQUESTS:-16}
 TOKENS=${MAX_TOKENS:-128}
 THINK_N=${THINK_REQUESTS:-8}       # thoughts on costs L+2 steps per token: fewer, shorter requests

@@ -130,7 +130,7 @@ def _eval_options() -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="run folder; rerunning with the same folder resumes "
-        "(default eval-results/MODEL/TASK-PROTOCOL/THOUGHTS)",
+        "(default runs/eval/MODEL/TASK-PROTOCOL/THOUGHTS)",
     )
     return parser
 

@@ -109,10 +109,10 @@ class EvalConfig:
         return f"thoughts-{self.thought_tokens}" if self.thought_tokens else "thoughts-on"
 
     def out_dir(self, model: str) -> Path:
-        """`--out` (plus the sweep subfolder), or eval-results/MODEL/TASK-PROTOCOL/SLUG."""
+        """`--out` (plus the sweep subfolder), or runs/eval/MODEL/TASK-PROTOCOL/SLUG."""
         if self.out:
             return Path(self.out) / self.subdir
-        return Path("eval-results", _safe(model), f"{self.task}-{self.protocol}", self.slug)
+        return Path("runs", "eval", _safe(model), f"{self.task}-{self.protocol}", self.slug)
 
     def fingerprint(self, model: str) -> dict[str, Any]:
         """The settings that must match for a rerun to resume an existing results file."""
