@@ -10,6 +10,10 @@ BENCHES = {
         "benchmarks.offline_throughput",
         "engine speed in one process against the honest baselines",
     ),
+    "dtypes": (
+        "benchmarks.dtype_table",
+        "bf16 vs fp32 on this machine for each kind of work (what --dtype auto picks)",
+    ),
     "serve": (
         "benchmarks.online_serving",
         "async HTTP load generator against any OpenAI-compatible endpoint",
@@ -20,7 +24,7 @@ BENCHES = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
-        print("usage: quietstar bench {engine,serve} [--help]\n")
+        print("usage: quietstar bench {engine,dtypes,serve} [--help]\n")
         for name, (_, help_) in BENCHES.items():
             print(f"  {name:<7} {help_}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

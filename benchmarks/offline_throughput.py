@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from quietstar.dtypes import DTYPE_CHOICES, cpu_flags, probe_cpu, resolve_dtype
+
 PROMPT = (
     "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
     "May. How many clips did Natalia sell altogether in April and May?\nA:"
@@ -26,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quietstar bench engine", description=__doc__)
     p.add_argument("--model", default="default", help="`default` or a checkpoint directory")
     p.add_argument(
-        "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="backbone dtype"
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="backbone dtype (auto: what `quietstar serve` picks on this device)",
     )
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -54,8 +59,7 @@ class Bench:
         from server.engine import Engine, EngineConfig
 
         self.args = args
-        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-        self.model = quietstar.load(args.model, dtype, args.device)
+        self.model = quietstar.load(args.model, args.dtype, args.device)
         self.engine = Engine(
             EngineConfig(
                 model=args.model,
@@ -222,8 +226,11 @@ def environment(args) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "model": args.model,
-        "dtype": args.dtype,
+        "dtype": resolve_dtype(args.dtype, args.device).name,
+        "dtype_asked": args.dtype,
         "device": args.device,
+        "cpu_flags": cpu_flags(),
+        "cpu_kernels": probe_cpu().describe(),
     }
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from .atomic import staging_dir
 from .config import CONFIG_FILE, TENSORS_FILE, QuietStarConfig
+from .dtypes import resolve_dtype
 from .llama import SUPPORTED_MODEL_TYPES, LlamaBackbone
 from .model import QuietStarModel
 
@@ -230,12 +231,16 @@ def _release_head_width(directory: Path, files: dict[str, Path]) -> int:
 
 def load(
     path: str | os.PathLike = "default",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "auto",
     device: str | torch.device = "cpu",
     heads: str | os.PathLike | None = None,
 ) -> QuietStarModel:
     """Load `default`, one of our checkpoints, the release layout, or a plain HF Llama-family
     model (fresh heads, w == 0). The tokenizer is attached as `model.tokenizer`.
+
+    `dtype`: the backbone's dtype, or `auto` (`quietstar.dtypes.resolve_dtype`: bf16 where the
+    device runs it natively, fp32 on CPUs that emulate bf16); the choice and why is logged and
+    kept as `model.dtype_choice`. The mixing head always stays fp32.
 
     `heads`: a directory with `quietstar_config.json` + `quietstar.safetensors` whose Quiet-STaR
     tensors replace the checkpoint's own. `default` uses the heads shipped with the package, when
@@ -249,7 +254,10 @@ def load(
         directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such model directory")
-    backbone, info = load_backbone(directory, dtype, torch.device(device))
+    choice = resolve_dtype(dtype, device)
+    if choice.requested == "auto":
+        log.info("dtype auto -> %s (%s)", choice.name, choice.reason)
+    backbone, info = load_backbone(directory, choice.dtype, torch.device(device))
     tokenizer = load_tokenizer(directory)
     if heads is not None:
         directory = Path(heads)
@@ -262,6 +270,7 @@ def load(
     model = QuietStarModel(backbone, qconfig, start_id, end_id).to(device)
     model.tokenizer = tokenizer
     model.source = str(info["directory"])
+    model.dtype_choice = choice
     tensors, sources = _quietstar_tensors(directory, kind, info["files"])
     if tensors:
         _load_quietstar_tensors(model, tensors, sources, directory)

@@ -235,16 +235,18 @@ class LlamaBackbone(nn.Module):
             x = layer(x, cos, sin, attention)
         return self.norm(x)
 
-    def fuse_for_inference(self) -> None:
-        """Fuse q/k/v and gate/up projections in every layer and, on CPU in bf16, pre-pack every
-        linear for oneDNN. The model can no longer be saved or trained afterwards; the engine
+    def fuse_for_inference(self, prepack: bool = True) -> None:
+        """Fuse q/k/v and gate/up projections in every layer and, on CPU where oneDNN can, pre-pack
+        every linear (fp32 always; bf16 where it is native; `prepack=False` only for measuring
+        what packing buys). The model can no longer be saved or trained afterwards; the engine
         calls this on the model it owns."""
         from .packed import pack_linears
 
         for layer in self.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
-        pack_linears(self)  # CPU bf16 only; a no-op elsewhere
+        if prepack:
+            pack_linears(self)  # decided once for the model's dtype; a no-op off the CPU
         self.is_fused = True
 
     def hf_state_dict_keys(self) -> dict[str, str]:

@@ -1,8 +1,11 @@
-"""Inference-only linear layers with weights pre-reordered for oneDNN (CPU, bfloat16).
+"""Inference-only linear layers with weights pre-reordered for oneDNN (CPU, fp32 or bf16).
 
-A plain bf16 `F.linear` on CPU lets oneDNN reorder the weight on every call; reordering once at
-load time made the batch-1 decode matmuls ~20-45 % faster on this machine. Used by the engine's
-`fuse_for_inference`; training and checkpoints never see these modules.
+A plain `F.linear` on CPU lets oneDNN reorder the weight on every call. Reordering once at load
+made the decode matmuls faster on both CPU classes measured (benchmarks/RESULTS.md): on the
+AVX-512 machine, bf16 batch-1 matmuls ~20-45 % faster and fp32 ones 1.3-2.7x (the 49152x576 LM
+head 7.3 -> 3.9 ms at one row); on AVX2, fp32 1.3-2x. Whether a dtype can be packed is decided
+once per load (`quietstar.dtypes.can_prepack`). Used by the engine's `fuse_for_inference`;
+training and checkpoints never see these modules.
 """
 
 from __future__ import annotations
@@ -12,16 +15,9 @@ import logging
 import torch
 from torch import nn
 
+from .dtypes import can_prepack
+
 log = logging.getLogger(__name__)
-
-
-def can_pack(weight: torch.Tensor) -> bool:
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
 
 
 class PackedLinear(nn.Module):
@@ -38,16 +34,33 @@ class PackedLinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-def pack_linears(module: nn.Module) -> int:
-    """Replace every packable nn.Linear below `module` in place; returns how many."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear) and can_pack(child.weight):
-            try:
-                setattr(module, name, PackedLinear(child))
-                count += 1
-            except RuntimeError as e:  # an unusual oneDNN build: keep the plain layer
-                log.warning("cannot pre-pack %s (%s); keeping nn.Linear", name, e)
+def _linears(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    found = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            found.append((module, name, child))
         else:
-            count += pack_linears(child)
-    return count
+            found += _linears(child)
+    return found
+
+
+def pack_linears(module: nn.Module) -> int:
+    """Replace every CPU nn.Linear below `module` in place, when oneDNN can pre-pack the model's
+    dtype on this CPU; returns how many. The decision and any refusal are logged once."""
+    linears = [(m, n, lin) for m, n, lin in _linears(module) if lin.weight.device.type == "cpu"]
+    if not linears:
+        return 0
+    dtype = linears[0][2].weight.dtype
+    ok, why = can_prepack(dtype)
+    if ok:
+        try:
+            packed = [(m, n, PackedLinear(lin)) for m, n, lin in linears]
+        except RuntimeError as e:  # an unusual oneDNN build: keep every plain layer
+            ok, why = False, f"oneDNN refused the reorder ({e})"
+    if not ok:
+        log.info("linear weights not pre-packed: %s", why)
+        return 0
+    for parent, name, layer in packed:
+        setattr(parent, name, layer)
+    log.info("pre-packed %d linear weights for oneDNN (%s)", len(packed), why)
+    return len(packed)

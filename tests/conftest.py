@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path) -> Path:
 def tiny_model(tiny_checkpoint):
     import quietstar
 
-    return quietstar.load(tiny_checkpoint)
+    return quietstar.load(tiny_checkpoint, dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")

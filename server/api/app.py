@@ -68,11 +68,12 @@ def _attach(app: FastAPI, engine: Any) -> None:
     state.status = "ready"
     info = engine.model_info
     log.info(
-        "ready: serving %r (%s on %s), context %d tokens; thoughts %s by default "
+        "ready: serving %r (%s on %s: %s), context %d tokens; thoughts %s by default "
         "(length %s, trained %d, heads %s)",
         defaults.model_name,
         info.get("dtype"),
         info.get("device"),
+        info.get("dtype_reason"),
         defaults.max_model_len,
         "on" if defaults.thoughts_enabled else "off",
         defaults.thought_tokens or "the checkpoint's",

@@ -164,6 +164,7 @@ class QuietStarInfo(BaseModel):
     reasoning_effort_tokens: dict[str, int]
     source: str
     dtype: str
+    dtype_reason: str = Field(description="why this dtype (`--dtype auto` probes the device)")
     device: str
 
 

@@ -72,6 +72,7 @@ class Serving:
             reasoning_effort_tokens=dict(d.effort_tokens),
             source=str(info.get("source", "")),
             dtype=str(info.get("dtype", "")),
+            dtype_reason=str(info.get("dtype_reason", "")),
             device=str(info.get("device", "")),
         )
         return Model(

@@ -41,7 +41,8 @@ class AsyncEngine:
             "n_ahead": e.model.config.n_ahead,
             "heads_trained": e.model.config.heads_trained,
             "source": getattr(e.model, "source", e.config.model),
-            "dtype": e.config.dtype,
+            "dtype": str(e.model.dtype).removeprefix("torch."),
+            "dtype_reason": e.dtype_reason,
             "device": e.config.device,
         }
 

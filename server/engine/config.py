@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DTYPES = ("bfloat16", "float32", "float16")
+from quietstar.dtypes import DTYPE_CHOICES
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,13 @@ class EngineConfig:
         metadata={"help": "`default` (embedded SmolLM2-135M-Instruct) or a checkpoint directory"},
     )
     dtype: str = field(
-        default="bfloat16", metadata={"help": f"backbone dtype: {', '.join(DTYPES)}"}
+        default="auto",
+        metadata={
+            "help": f"backbone dtype: {', '.join(DTYPE_CHOICES)}; auto = bf16 on CUDA and on CPUs "
+            "with native bf16 matmuls, fp32 on CPUs that emulate bf16 (the choice and why are "
+            "logged and shown in /v1/models)",
+            "choices": DTYPE_CHOICES,
+        },
     )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N"})
     max_model_len: int = field(
@@ -40,8 +46,8 @@ class EngineConfig:
     )
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
         for name in ("max_model_len", "max_num_seqs", "max_parallel_thoughts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -24,7 +24,6 @@ from .scheduler import Scheduler
 from .sequence import Detokenizer, Sequence
 
 log = logging.getLogger(__name__)
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
 class Engine:
@@ -32,7 +31,9 @@ class Engine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
-        self.model = model or quietstar.load(config.model, DTYPES[config.dtype], config.device)
+        self.model = model or quietstar.load(config.model, config.dtype, config.device)
+        choice = getattr(self.model, "dtype_choice", None)
+        self.dtype_reason = choice.reason if choice else "the model was loaded by the caller"
         self.model.requires_grad_(False)
         if not self.model.backbone.is_fused:
             self.model.backbone.fuse_for_inference()

@@ -30,7 +30,7 @@ def hf_model(directory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_backbone_matches_transformers(tmp_path, family):
     directory = make_hf_checkpoint(tmp_path / family, family)
-    ours, ref = quietstar.load(directory), hf_model(directory)
+    ours, ref = quietstar.load(directory, dtype=torch.float32), hf_model(directory)
     vocab = ref.config.vocab_size
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 259, (3, 80), generator=g)  # 80 > the llama3 original context of 64
@@ -43,7 +43,7 @@ def test_backbone_matches_transformers(tmp_path, family):
 
 def test_right_padding_matches_transformers(tmp_path):
     directory = make_hf_checkpoint(tmp_path / "qwen2", "qwen2")
-    ours, ref = quietstar.load(directory), hf_model(directory)
+    ours, ref = quietstar.load(directory, dtype=torch.float32), hf_model(directory)
     ids = torch.tensor([[5, 17, 200, 33, 99, 4, 250, 7], [9, 8, 7, 6, 2, 2, 2, 2]])
     mask = torch.tensor([[1] * 8, [1] * 4 + [0] * 4])
     expected = ref(ids, attention_mask=mask).logits

@@ -22,7 +22,7 @@ def rewrite_weights(directory, edit) -> None:
 
 def load_error(directory) -> str:
     with pytest.raises(ValueError) as info:
-        quietstar.load(directory)
+        quietstar.load(directory, dtype=torch.float32)
     return str(info.value)
 
 

@@ -59,7 +59,7 @@ def test_save_is_atomic_and_replaces(tmp_path, tiny_model):
     quietstar.save(tiny_model, target)
     assert not (target / "stale.txt").exists()
     assert leftovers(tmp_path, "ckpt") == []
-    reloaded = quietstar.load(target)
+    reloaded = quietstar.load(target, dtype=torch.float32)
     assert torch.equal(reloaded.mixing_head.net[4].weight, tiny_model.mixing_head.net[4].weight)
 
 
@@ -80,7 +80,7 @@ def test_failed_save_keeps_old_checkpoint(tmp_path, tiny_model, monkeypatch):
 
 def test_plain_model_gets_fresh_heads(tiny_checkpoint, caplog):
     with caplog.at_level(logging.WARNING, logger="quietstar.checkpoint"):
-        model = quietstar.load(tiny_checkpoint)
+        model = quietstar.load(tiny_checkpoint, dtype=torch.float32)
     assert model.config.heads_trained is False
     assert any("no Quiet-STaR tensors" in r.getMessage() for r in caplog.records)
     g = torch.Generator().manual_seed(0)

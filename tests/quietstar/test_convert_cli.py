@@ -57,13 +57,13 @@ def test_our_checkpoint_carries_heads_bit_exactly(tiny_model, tmp_path):
     randomize_heads(tiny_model, seed=4)
     src = quietstar.save(tiny_model, tmp_path / "src")
     assert cli_main(["convert", str(src), str(tmp_path / "out"), "--dtype", "fp32"]) == 0
-    assert_same_state(quietstar.load(tmp_path / "out"), tiny_model)
+    assert_same_state(quietstar.load(tmp_path / "out", dtype=torch.float32), tiny_model)
 
 
 def test_release_layout_converts_with_trained_heads(tmp_path):
     directory, stored = make_release_checkpoint(tmp_path / "release")
     assert main([str(directory), str(tmp_path / "out"), "--dtype", "fp32"]) == 0
-    model = quietstar.load(tmp_path / "out")
+    model = quietstar.load(tmp_path / "out", dtype=torch.float32)
     assert model.config.heads_trained is True
     assert (model.start_thought_id, model.end_thought_id) == (260, 259)
     assert torch.equal(model.start_embedding.detach(), stored["start_embedding"])

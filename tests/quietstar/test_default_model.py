@@ -57,11 +57,7 @@ def test_second_call_does_not_convert(default_model_dir, monkeypatch):
         raise AssertionError("converted again")
 
     monkeypatch.setattr(default_model, "convert_gguf", fail)
-    start = time.perf_counter()
-    assert default_model.default_model_dir() == default_model_dir
-    elapsed = time.perf_counter() - start
-    print(f"\n[default model] cached lookup: {elapsed * 1000:.1f} ms")
-    assert elapsed < 1.0
+    assert default_model.default_model_dir() == default_model_dir  # `fail` proves no conversion
 
 
 def test_load_default_fp32_and_bf16(default_model_dir):

@@ -15,7 +15,7 @@ from tests.support import make_hf_checkpoint, randomize_heads
 
 def test_heads_from_another_directory(tmp_path):
     plain = make_hf_checkpoint(tmp_path / "plain")
-    trained = quietstar.load(plain)
+    trained = quietstar.load(plain, dtype=torch.float32)
     randomize_heads(trained)
     saved = quietstar.save(trained, tmp_path / "ckpt", trained.config.__class__(heads_trained=True))
     heads = tmp_path / "heads"
@@ -23,7 +23,7 @@ def test_heads_from_another_directory(tmp_path):
     for name in (CONFIG_FILE, TENSORS_FILE):
         shutil.copy(saved / name, heads / name)
 
-    model = quietstar.load(plain, heads=heads)
+    model = quietstar.load(plain, heads=heads, dtype=torch.float32)
     assert model.config.heads_trained
     for name in ("start_embedding", "end_embedding", "mixing_head.net.4.weight"):
         assert torch.equal(
@@ -37,4 +37,4 @@ def test_heads_from_another_directory(tmp_path):
 def test_heads_directory_must_hold_a_config(tmp_path):
     plain = make_hf_checkpoint(tmp_path / "plain")
     with pytest.raises(ValueError, match=CONFIG_FILE):
-        quietstar.load(plain, heads=tmp_path)
+        quietstar.load(plain, heads=tmp_path, dtype=torch.float32)

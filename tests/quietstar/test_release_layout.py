@@ -125,7 +125,7 @@ def test_layout_is_the_release_one(release):
 
 def test_release_loads_trained_tensors_untouched(release):
     directory, stored = release
-    model = quietstar.load(directory)
+    model = quietstar.load(directory, dtype=torch.float32)
     # Ids are looked up by string: start is base + 1 in the release tokenizer.
     assert (model.start_thought_id, model.end_thought_id) == (BASE_VOCAB + 1, BASE_VOCAB)
     assert set(model.masked_token_ids.tolist()) == {BASE_VOCAB, BASE_VOCAB + 1}
@@ -178,7 +178,7 @@ def hand_mixed_logits(directory, prefix: list[int], thought: list[int]):
 @pytest.mark.parametrize("head_hidden", [D, D // 2], ids=["width=d", "width=d/2"])
 def test_release_mix_equals_hand_computation(tmp_path, head_hidden):
     directory, _ = make_release_checkpoint(tmp_path / "release", head_hidden=head_hidden)
-    model = quietstar.load(directory)
+    model = quietstar.load(directory, dtype=torch.float32)
     assert model.config.mixing_head_hidden == head_hidden
     expected, w_expected = hand_mixed_logits(directory, PREFIX, THOUGHT)
     got = thought_aided_logits(model, PREFIX, THOUGHT)
@@ -189,8 +189,8 @@ def test_release_mix_equals_hand_computation(tmp_path, head_hidden):
 
 def test_release_round_trips_through_our_format(release, tmp_path):
     directory, stored = release
-    model = quietstar.load(directory)
-    again = quietstar.load(quietstar.save(model, tmp_path / "ours"))
+    model = quietstar.load(directory, dtype=torch.float32)
+    again = quietstar.load(quietstar.save(model, tmp_path / "ours"), dtype=torch.float32)
     assert again.config == model.config
     assert (again.start_thought_id, again.end_thought_id) == (BASE_VOCAB + 1, BASE_VOCAB)
     for key, value in model.state_dict().items():
@@ -200,4 +200,4 @@ def test_release_round_trips_through_our_format(release, tmp_path):
 def test_release_config_without_heads_is_an_error(tmp_path):
     directory, _ = make_release_checkpoint(tmp_path / "release", with_heads=False)
     with pytest.raises(ValueError, match=r"talk_head\.0\.0\.weight"):
-        quietstar.load(directory)
+        quietstar.load(directory, dtype=torch.float32)

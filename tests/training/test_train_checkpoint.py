@@ -16,7 +16,7 @@ from training.run import make_optimizer
 
 
 def trained_objective(tmp_path, mode: str):
-    model = quietstar.load(make_hf_checkpoint(tmp_path / "base"))
+    model = quietstar.load(make_hf_checkpoint(tmp_path / "base"), dtype=torch.float32)
     randomize_heads(model, seed=2)
     cfg = TrainConfig(
         mode=mode,
@@ -64,7 +64,7 @@ def test_saved_checkpoint_loads_with_identical_logits(tmp_path, mode):
     # saving (and merging LoRA for it) leaves the training model exactly as it was
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
 
-    loaded = quietstar.load(directory)
+    loaded = quietstar.load(directory, dtype=torch.float32)
     assert loaded.config.heads_trained and loaded.config.n_ahead == 6
     assert loaded.config.n_ahead_talk == 2
     assert {"base_model", "data", "steps", "tokens", "date", "mode"} <= set(
@@ -85,7 +85,7 @@ def test_saved_checkpoint_loads_with_identical_logits(tmp_path, mode):
 
 def test_lora_changes_the_merged_weights(tmp_path):
     objective, _ = trained_objective(tmp_path, "lora")
-    base = quietstar.load(tmp_path / "base")
+    base = quietstar.load(tmp_path / "base", dtype=torch.float32)
     q_proj = "layers.0.self_attn.q_proj.weight"
     with objective.lora.merged():
         merged = objective.model.backbone.state_dict()[q_proj].clone()

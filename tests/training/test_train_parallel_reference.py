@@ -40,7 +40,7 @@ def explicit_thought_logprobs(model, row: list[int], i: int, thought: list[int],
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_trainer_forward_equals_reference_all_offsets(tmp_path, family):
-    model = quietstar.load(make_hf_checkpoint(tmp_path / family, family))
+    model = quietstar.load(make_hf_checkpoint(tmp_path / family, family), dtype=torch.float32)
     randomize_heads(model, seed=1)
     cfg = TrainConfig(n_ahead=6, n_ahead_talk=3, seq_len=10, data="unused")
     g = torch.Generator().manual_seed(3)
@@ -72,7 +72,7 @@ def test_trainer_forward_equals_reference_all_offsets(tmp_path, family):
 
 
 def test_pass_copies_sample_different_thoughts(tmp_path):
-    model = quietstar.load(make_hf_checkpoint(tmp_path / "m"))
+    model = quietstar.load(make_hf_checkpoint(tmp_path / "m"), dtype=torch.float32)
     cfg = TrainConfig(n_ahead=6, n_ahead_talk=1, seq_len=8, data="unused")
     ids = torch.randint(3, 259, (1, 8)).repeat_interleave(2, dim=0)
     with torch.no_grad():

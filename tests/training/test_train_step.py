@@ -19,7 +19,7 @@ from training.run import make_optimizer
 
 
 def build(tmp_path, mode: str, randomize: bool):
-    model = quietstar.load(make_hf_checkpoint(tmp_path / "m"))
+    model = quietstar.load(make_hf_checkpoint(tmp_path / "m"), dtype=torch.float32)
     if randomize:
         randomize_heads(model, seed=1)
     cfg = TrainConfig(
