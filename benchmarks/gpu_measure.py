@@ -94,8 +94,9 @@ def decode_step_ms(engine, rows: int, prompt_len: int, warmup: int, steps: int) 
         engine.add_request(request_id, prompt(prompt_len, seed=i), params)
     for _ in range(warmup):  # admission, prefill and the first steps (and graph capture)
         engine.step()
-    if engine.num_running != rows:
-        raise RuntimeError(f"{engine.num_running} sequences running, expected {rows}")
+    running = getattr(engine, "num_running", rows)
+    if running != rows:
+        raise RuntimeError(f"{running} sequences running after {warmup} steps, expected {rows}")
     device = str(engine.model.device)
     times = []
     for _ in range(steps):
@@ -160,7 +161,7 @@ def thoughts_on(model, device: str, streams: list[int], tokens: int, repeats: in
     from server.engine import SamplingParams, ThoughtParams
 
     engine = make_engine(model, device, max_num_seqs=max(streams), max_model_len=256)
-    L = engine.default_thought_tokens
+    L = getattr(engine, "default_thought_tokens", None) or model.config.thought_tokens
     params = SamplingParams(
         max_tokens=tokens, temperature=0, ignore_eos=True, thoughts=ThoughtParams(enabled=True)
     )
