@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import gpu_report
+from benchmarks.gpu_measure import datasheet_bandwidth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,16 +87,18 @@ DRY = Settings(
     threads=1,  # tiny shapes: one thread is fastest, above all on a busy machine
     needs_scale=0.1,
 )
-SECTIONS = (
-    "environment",
-    "tests",
-    "bandwidth",
-    "batch1_default_shape",
-    "rows_sweep",
-    "thoughts_on",
-    "training_step",
-    "batch1_large_shape",
-)
+# The sections in the order they run, each with the seconds of budget it needs to start
+# (x Settings.needs_scale).
+SECTIONS = {
+    "environment": 0,
+    "tests": 30,
+    "bandwidth": 5,
+    "batch1_default_shape": 20,
+    "rows_sweep": 30,
+    "thoughts_on": 20,
+    "training_step": 40,
+    "batch1_large_shape": 90,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +130,8 @@ class Check:
         self.results: dict = {"meta": gpu_report.meta(settings), "sections": {}}
         self.model = None  # the default-shape model, loaded once for the engine sections
         self.checkpoints: dict[str, Path] = {}
-        self.bandwidths: dict[str, float | None] = {}
+        name = self.results["meta"]["device_name"]
+        self.bandwidths: dict[str, float | None] = {"datasheet": datasheet_bandwidth(name)}
 
     def left(self) -> float:
         return self.s.budget_s - (time.perf_counter() - self.start)
@@ -186,17 +190,13 @@ class Check:
         return gpu_report.test_summary(cmd, code, log, junit)
 
     def bandwidth(self) -> dict:
-        from benchmarks.gpu_measure import copy_bandwidth, datasheet_bandwidth
+        from benchmarks.gpu_measure import copy_bandwidth
 
         measured = copy_bandwidth(self.s.device, self.s.copy_bytes, 5)
-        name = self.results["meta"].get("device_name", "")
-        self.bandwidths = {
-            "datasheet": datasheet_bandwidth(name),
-            "measured_copy": measured["bytes_per_s"],
-        }
-        return {"device_name": name, "datasheet_bytes_per_s": self.bandwidths["datasheet"]} | {
-            f"copy_{k}": v for k, v in measured.items()
-        }
+        self.bandwidths["measured_copy"] = measured["bytes_per_s"]
+        data = {"device_name": self.results["meta"]["device_name"]}
+        data["datasheet_bytes_per_s"] = self.bandwidths["datasheet"]
+        return data | {f"copy_{k}": v for k, v in measured.items()}
 
     def batch1_default_shape(self) -> dict:
         return self._batch1(self.default_model())
@@ -288,19 +288,6 @@ class Check:
         return self.model
 
 
-# Seconds of budget a section needs before it starts.
-NEEDS_S = {
-    "environment": 0,
-    "tests": 30,
-    "bandwidth": 5,
-    "batch1_default_shape": 20,
-    "rows_sweep": 30,
-    "thoughts_on": 20,
-    "training_step": 40,
-    "batch1_large_shape": 90,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = DRY if args.dry else FULL
@@ -323,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads or threads)
     try:
-        for name in SECTIONS:
-            check.run(name, NEEDS_S[name])
+        for name, needs_s in SECTIONS.items():
+            check.run(name, needs_s)
     finally:
         torch.set_num_threads(threads)
         if not args.work:
