@@ -122,6 +122,9 @@ def batch1_step(model, device: str, prompt_len: int, warmup: int, steps: int) ->
     out: dict = {"cuda_graphs_setting": "available" if modes else "not available"}
     for mode in modes or [None]:
         key = f"step_ms_graphs_{mode or 'off'}"
+        if mode == "on" and not device.startswith("cuda"):
+            out[key] = "needs CUDA"
+            continue
         try:
             engine = make_engine(model, device, mode, max_num_seqs=1, **SMALL)
             out[key] = decode_step_ms(engine, 1, prompt_len, warmup, steps)

@@ -89,7 +89,7 @@ def test_step_times_and_bounds(dry_run):
         assert data["bound_ms_measured_copy"] == pytest.approx(1e3 * data["weight_bytes"] / copy)
         assert positive(data["step_ms_graphs_off"])
         on = data["step_ms_graphs_on"]
-        assert positive(on) or on == "not available" or on.startswith("error: "), on
+        assert on in ("not available", "needs CUDA"), on  # the dry run is on the CPU
     table = section(out, "rows_sweep")["table"]
     assert [r["rows"] for r in table] == list(gpu_check.DRY.rows)
     for r in table:
