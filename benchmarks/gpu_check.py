@@ -211,9 +211,8 @@ class Check:
         from benchmarks.gpu_measure import thoughts_on
 
         s = self.s
-        return thoughts_on(
-            self.default_model(), s.device, [1, 8], s.thought_visible_tokens, s.repeats
-        )
+        tokens, model = s.thought_visible_tokens, self.default_model()
+        return thoughts_on(model, s.device, [1, 8], tokens, s.repeats, s.warmup, s.steps)
 
     def training_step(self) -> dict:
         from benchmarks.gpu_measure import training_step
@@ -317,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     print(gpu_report.markdown(check.results))
+    print(gpu_report.summary(check.results))
     print(f"results: {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
     return gpu_report.exit_code(check.results)
 

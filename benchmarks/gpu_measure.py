@@ -159,8 +159,12 @@ def rows_sweep(model, device: str, rows: list[int], prompt_len: int, warmup: int
     return {"cuda_graphs": "engine default", "table": table}
 
 
-def thoughts_on(model, device: str, streams: list[int], tokens: int, repeats: int) -> dict:
-    """Visible and total (visible + thought) tok/s with thoughts on at each stream count."""
+def thoughts_on(
+    model, device: str, streams: list[int], tokens: int, repeats: int, warmup: int, steps: int
+) -> dict:
+    """Visible and total (visible + thought) tok/s with thoughts on at each stream count, and
+    what one visible token costs in thoughts-off steps (L + 2 is the floor: L thought tokens,
+    then END, and a step that feeds the visible token fused with START)."""
     from server.engine import SamplingParams, ThoughtParams
 
     engine = make_engine(model, device, max_num_seqs=max(streams), max_model_len=256)
@@ -193,6 +197,11 @@ def thoughts_on(model, device: str, streams: list[int], tokens: int, repeats: in
         }
     first, last = result[f"streams_{streams[0]}"], result[f"streams_{streams[-1]}"]
     result["visible_speedup_last_vs_first"] = last["visible_tok_s"] / first["visible_tok_s"]
+    off_ms = decode_step_ms(engine, 1, 16, warmup, steps)
+    per_visible_ms = 1e3 * first["seconds"] / tokens
+    result["thoughts_off_step_ms"] = off_ms
+    result["visible_token_cost_in_off_steps"] = per_visible_ms / off_ms
+    result["visible_token_cost_over_L_plus_2"] = per_visible_ms / ((L + 2) * off_ms)
     return result
 
 

@@ -194,6 +194,38 @@ def _cell(value) -> str:
     return str(value).replace("\n", " ").replace("|", "/")
 
 
+# The figures printed last (the device tool returns the end of the output).
+KEY_FIGURES = {
+    "tests": ("exit_code", "collected", "passed", "failures", "errors", "skipped"),
+    "bandwidth": ("copy_bytes_per_s", "datasheet_bytes_per_s"),
+    "batch1_default_shape": (
+        "step_ms_graphs_off",
+        "step_ms_graphs_on",
+        "bound_ms_datasheet",
+        "bound_ms_measured_copy",
+    ),
+    "thoughts_on": (
+        "streams_1.visible_tok_s",
+        "streams_8.visible_tok_s",
+        "visible_token_cost_over_L_plus_2",
+    ),
+    "training_step": ("step_s", "first_step_s", "tokens_per_s"),
+}
+KEY_FIGURES["batch1_large_shape"] = KEY_FIGURES["batch1_default_shape"]
+
+
+def summary(results: dict) -> str:
+    """One line per section: its status and key figures."""
+    lines = ["summary:"]
+    for name, entry in results["sections"].items():
+        flat = _flatten(entry.get("data") or {})
+        figures = [f"{k}={_cell(flat[k])}" for k in KEY_FIGURES.get(name, ()) if k in flat]
+        if name == "rows_sweep" and "table" in flat:
+            figures = [f"{r['rows']}:{_cell(r['step_ms'])}ms" for r in flat["table"]]
+        lines.append(f"  {name}: {brief(entry)}; " + " ".join(figures))
+    return "\n".join(lines)
+
+
 def exit_code(results: dict) -> int:
     """0 when every section ran without error and every selected test passed, else 1."""
     for entry in results["sections"].values():

@@ -106,6 +106,9 @@ def test_thoughts_on_and_training_step(dry_run):
         assert s["thought_tokens"] == n * tokens * L  # every visible token thought L tokens
         assert positive(s["visible_tok_s"])
         assert s["total_tok_s"] == pytest.approx(s["visible_tok_s"] * (1 + L))
+    assert positive(data["thoughts_off_step_ms"])
+    cost = data["visible_token_cost_in_off_steps"]
+    assert cost == pytest.approx(data["visible_token_cost_over_L_plus_2"] * (L + 2))
     train = section(out, "training_step")
     assert train["steps"] == 2 and positive(train["step_s"]) and positive(train["tokens_per_s"])
     assert all(math.isfinite(x) for x in train["loss"])
