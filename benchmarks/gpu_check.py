@@ -167,16 +167,8 @@ class Check:
         packages the GPU machine lacks (`--dry`: collection only)."""
         log = self.out / "gpu_tests.log"
         junit = self.work / "tests.xml"
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.gpu_tests",
-            "--hide",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ]
-        cmd += [*self.s.tests_args, f"--junitxml={junit}"]
+        cmd = [sys.executable, "-m", "benchmarks.gpu_machine", "--hide", "tests", "-q"]
+        cmd += ["-p", "no:cacheprovider", *self.s.tests_args, f"--junitxml={junit}"]
         env = self.child_env() | {"QUIETSTAR_TEST_DEVICE": self.s.device}
         timeout = max(30.0, min(200.0, self.left() - 200))
         with log.open("w") as f:

