@@ -23,8 +23,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+import quietstar
+from benchmarks import gpu_measure as measure
 from benchmarks import gpu_report
-from benchmarks.gpu_measure import datasheet_bandwidth
+from benchmarks.random_checkpoint import weight_bytes_per_step, write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +51,7 @@ class Settings:
     train_args: tuple[str, ...]
     tests_args: tuple[str, ...]
     threads: int | None  # torch CPU threads, here and in the subprocesses (None: torch's default)
-    needs_scale: float  # x NEEDS_S: the budget a section needs before it starts
+    needs_scale: float  # x SECTIONS[name]: the budget a section needs before it starts
 
 
 FULL = Settings(
@@ -131,7 +135,7 @@ class Check:
         self.model = None  # the default-shape model, loaded once for the engine sections
         self.checkpoints: dict[str, Path] = {}
         name = self.results["meta"]["device_name"]
-        self.bandwidths: dict[str, float | None] = {"datasheet": datasheet_bandwidth(name)}
+        self.bandwidths: dict[str, float | None] = {"datasheet": measure.datasheet_bandwidth(name)}
 
     def left(self) -> float:
         return self.s.budget_s - (time.perf_counter() - self.start)
@@ -182,9 +186,7 @@ class Check:
         return gpu_report.test_summary(cmd, code, log, junit)
 
     def bandwidth(self) -> dict:
-        from benchmarks.gpu_measure import copy_bandwidth
-
-        measured = copy_bandwidth(self.s.device, self.s.copy_bytes, 5)
+        measured = measure.copy_bandwidth(self.s.device, self.s.copy_bytes, 5)
         self.bandwidths["measured_copy"] = measured["bytes_per_s"]
         data = {"device_name": self.results["meta"]["device_name"]}
         data["datasheet_bytes_per_s"] = self.bandwidths["datasheet"]
@@ -194,39 +196,33 @@ class Check:
         return self._batch1(self.default_model())
 
     def rows_sweep(self) -> dict:
-        from benchmarks.gpu_measure import rows_sweep
-
         s = self.s
-        return rows_sweep(self.default_model(), s.device, list(s.rows), 16, s.warmup, s.steps)
+        return measure.rows_sweep(
+            self.default_model(), s.device, list(s.rows), 16, s.warmup, s.steps
+        )
 
     def thoughts_on(self) -> dict:
-        from benchmarks.gpu_measure import thoughts_on
-
         s = self.s
         tokens, model = s.thought_visible_tokens, self.default_model()
-        return thoughts_on(model, s.device, [1, 8], tokens, s.repeats, s.warmup, s.steps)
+        return measure.thoughts_on(model, s.device, [1, 8], tokens, s.repeats, s.warmup, s.steps)
 
     def training_step(self) -> dict:
-        from benchmarks.gpu_measure import training_step
-
         checkpoint = self.checkpoint(self.s.default_shape)
         timeout = max(30.0, self.left() - 60)
         args = list(self.s.train_args)
-        data = training_step(checkpoint, self.work, args, timeout, self.child_env())
+        data = measure.training_step(checkpoint, self.work, args, timeout, self.child_env())
         return {"shape": self.s.default_shape} | data
 
     def batch1_large_shape(self) -> dict:
-        import quietstar
-        from benchmarks.gpu_measure import free
-
         self.model = None
-        free(self.s.device)
+        measure.free(self.s.device)
+        t0 = time.perf_counter()
         directory = self.checkpoint(self.s.large_shape)
-        import torch
-
+        t1 = time.perf_counter()
         model = quietstar.load(directory, dtype=torch.bfloat16, device=self.s.device)
+        times = {"checkpoint_write_s": t1 - t0, "load_s": time.perf_counter() - t1}
         try:
-            return self._batch1(model)
+            return self._batch1(model) | times
         finally:
             model = None
             shutil.rmtree(directory, ignore_errors=True)  # ~15 GB of disk for the 7B shape
@@ -241,22 +237,15 @@ class Check:
         return env
 
     def _batch1(self, model) -> dict:
-        from benchmarks.gpu_measure import batch1_step, bound
-        from benchmarks.random_checkpoint import weight_bytes_per_step
-
         weight_bytes = weight_bytes_per_step(model)
         data = {"shape": Path(model.source).name, "dtype": str(model.dtype)}
-        data |= {"weight_bytes": weight_bytes} | bound(weight_bytes, self.bandwidths)
-        data |= batch1_step(model, self.s.device, 16, self.s.warmup, self.s.steps)
+        data |= {"weight_bytes": weight_bytes} | measure.bound(weight_bytes, self.bandwidths)
+        data |= measure.batch1_step(model, self.s.device, 16, self.s.warmup, self.s.steps)
         return data
 
     def checkpoint(self, shape: str) -> Path:
         """The random checkpoint of `shape`, written once (weights drawn on the device)."""
         if shape not in self.checkpoints:
-            import torch
-
-            from benchmarks.random_checkpoint import write_random_checkpoint
-
             t0 = time.perf_counter()
             self.checkpoints[shape] = write_random_checkpoint(
                 self.work / shape,
@@ -270,10 +259,6 @@ class Check:
 
     def default_model(self):
         if self.model is None:
-            import torch
-
-            import quietstar
-
             directory = self.checkpoint(self.s.default_shape)
             self.model = quietstar.load(directory, dtype=torch.bfloat16, device=self.s.device)
         return self.model
@@ -292,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="quietstar-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    import torch
-
     if settings.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; use --dry for the CPU stand-in", file=sys.stderr)
         return 2
