@@ -12,5 +12,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # The Python side keeps its own budget (420 s; dry 120 s) and rewrites its results after every
 # section; this hard stop only ends a hang, leaving the sections finished so far on disk.
+# gpu_machine --hide: the packages the GPU machine lacks cannot be imported here either.
 timeout --kill-after=10 "${GPU_CHECK_TIMEOUT_S:-470}" \
-    "$python" -m benchmarks.gpu_check --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
+    "$python" -m benchmarks.gpu_machine --hide run benchmarks.gpu_check --out "$out" "$@" 2>&1 |
+    tee "$out/gpu_check.log"

