@@ -8,6 +8,7 @@ wall time between two device synchronisations; the median over steps is reported
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import statistics
 import subprocess
@@ -17,7 +18,11 @@ from pathlib import Path
 
 import torch
 
+from server.engine import Engine, EngineConfig, SamplingParams, ThoughtParams
+
 ROOT = Path(__file__).resolve().parents[1]
+# Thoughts-off engines: one thought row of a few tokens keeps the thought K/V space small.
+SMALL = dict(max_model_len=256, max_thought_tokens=8, max_parallel_thoughts=1)
 # Datasheet HBM bandwidths (bytes/s), matched against torch's device name.
 HBM_BANDWIDTH = (
     ("H200", 4.8e12),
@@ -59,15 +64,11 @@ def copy_bandwidth(device: str, nbytes: int, repeats: int) -> dict:
 
 def graph_modes() -> list[str] | None:
     """The `cuda_graphs` settings EngineConfig accepts, or None when it has no such field."""
-    from server.engine import EngineConfig
-
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     return ["off", "on"] if "cuda_graphs" in names else None
 
 
 def make_engine(model, device: str, cuda_graphs: str | None = None, **settings):
-    from server.engine import Engine, EngineConfig
-
     if cuda_graphs is not None:
         settings["cuda_graphs"] = cuda_graphs
     config = EngineConfig(model=model.source, dtype=dtype_name(model), device=device, **settings)
@@ -86,8 +87,6 @@ def prompt(length: int, seed: int = 0) -> list[int]:
 
 def decode_step_ms(engine, rows: int, prompt_len: int, warmup: int, steps: int) -> float:
     """Median ms of a thoughts-off decode step with `rows` running sequences."""
-    from server.engine import SamplingParams
-
     params = SamplingParams(max_tokens=warmup + steps + 2, temperature=0, ignore_eos=True)
     ids = [f"rows{rows}-{i}-{time.monotonic_ns()}" for i in range(rows)]
     for i, request_id in enumerate(ids):
@@ -137,10 +136,6 @@ def batch1_step(model, device: str, prompt_len: int, warmup: int, steps: int) ->
     return out
 
 
-# Thoughts-off engines: one thought row of a few tokens keeps the thought K/V space small.
-SMALL = dict(max_model_len=256, max_thought_tokens=8, max_parallel_thoughts=1)
-
-
 def bound(weight_bytes: int, bandwidths: dict[str, float | None]) -> dict:
     """Weight bytes / bandwidth: the floor of a batch-1 step that reads every weight once."""
     return {
@@ -165,8 +160,6 @@ def thoughts_on(
     """Visible and total (visible + thought) tok/s with thoughts on at each stream count, and
     what one visible token costs in thoughts-off steps (L + 2 is the floor: L thought tokens,
     then END, and a step that feeds the visible token fused with START)."""
-    from server.engine import SamplingParams, ThoughtParams
-
     engine = make_engine(model, device, max_num_seqs=max(streams), max_model_len=256)
     L = getattr(engine, "default_thought_tokens", None) or model.config.thought_tokens
     params = SamplingParams(
@@ -206,8 +199,6 @@ def thoughts_on(
 
 
 def free(device: str) -> None:
-    import gc
-
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
