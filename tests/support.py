@@ -1,11 +1,18 @@
 """Helpers shared by every test folder: tiny random Llama-family checkpoints with a byte-level
-tokenizer, and mixing heads made to matter. Imported as `tests.support`."""
+tokenizer, and mixing heads made to matter. Imported as `tests.support`.
+
+The tiny-model fixtures load on `DEVICE` (QUIETSTAR_TEST_DEVICE, default cpu), so the engine and
+model-core tests can run on CUDA (`benchmarks/gpu_check.sh`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from quietstar.env import device_for_tests
+
+DEVICE = device_for_tests()
 
 TINY = dict(
     vocab_size=300,
@@ -80,5 +87,5 @@ def randomize_heads(model, seed: int = 0, scale: float = 0.5) -> None:
         for p in model.mixing_head.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
         model.mixing_head.net[4].weight.mul_(scale * 10)
-        model.start_embedding.add_(torch.randn(model.start_embedding.shape, generator=g) * 0.01)
-        model.end_embedding.add_(torch.randn(model.end_embedding.shape, generator=g) * 0.01)
+        for p in (model.start_embedding, model.end_embedding):
+            p.add_((torch.randn(p.shape, generator=g) * 0.01).to(p.device))

@@ -17,7 +17,7 @@ import torch
 
 import quietstar
 from server.engine import Engine, EngineConfig, FinishReason, TokenOutput
-from tests.support import make_hf_checkpoint, randomize_heads  # noqa: F401  (re-exported)
+from tests.support import DEVICE, make_hf_checkpoint, randomize_heads  # noqa: F401  (re-exported)
 
 _TMP = Path(tempfile.mkdtemp(prefix="quietstar-engine-tests-"))
 atexit.register(shutil.rmtree, _TMP, True)
@@ -43,8 +43,9 @@ def tiny_dir(family: str = "llama") -> Path:
 
 
 def tiny_model(family: str = "llama", heads_seed: int | None = None) -> quietstar.QuietStarModel:
-    """A fresh fp32 copy (w == 0), or with a random non-zero mixing head when `heads_seed` is set."""
-    model = quietstar.load(tiny_dir(family), dtype=torch.float32)
+    """A fresh fp32 copy on `DEVICE` (w == 0), or with a random non-zero mixing head when
+    `heads_seed` is set."""
+    model = quietstar.load(tiny_dir(family), dtype=torch.float32, device=DEVICE)
     if heads_seed is not None:
         randomize_heads(model, seed=heads_seed)
     return model
@@ -54,6 +55,7 @@ def make_engine(model: quietstar.QuietStarModel, **overrides) -> Engine:
     settings = dict(
         model="test",
         dtype="float32",
+        device=str(model.device),
         max_model_len=256,
         max_num_seqs=4,
         max_thought_tokens=8,

@@ -9,18 +9,20 @@ import quietstar
 from quietstar.parallel import parallel_thought_forward
 from quietstar.reference import thought_aided_logits
 from tests.quietstar.logit_checks import assert_logits_close, finite_max_abs_diff
-from tests.support import make_hf_checkpoint, randomize_heads
+from tests.support import DEVICE, make_hf_checkpoint, randomize_heads
 
 NUM_THOUGHT_TOKENS = 3
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_parallel_s0_equals_per_position_reference(tmp_path, family):
-    model = quietstar.load(make_hf_checkpoint(tmp_path / family, family), dtype=torch.float32)
+    model = quietstar.load(
+        make_hf_checkpoint(tmp_path / family, family), dtype=torch.float32, device=DEVICE
+    )
     randomize_heads(model, seed=1)
     g = torch.Generator().manual_seed(2)
-    ids = torch.randint(3, 259, (2, 10), generator=g)
-    thoughts = torch.randint(3, 259, (2, 10, NUM_THOUGHT_TOKENS), generator=g)
+    ids = torch.randint(3, 259, (2, 10), generator=g).to(DEVICE)
+    thoughts = torch.randint(3, 259, (2, 10, NUM_THOUGHT_TOKENS), generator=g).to(DEVICE)
     with torch.no_grad():
         out = parallel_thought_forward(
             model, ids, NUM_THOUGHT_TOKENS, n_talk=1, thought_ids=thoughts

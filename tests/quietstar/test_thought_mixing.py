@@ -9,7 +9,7 @@ import quietstar
 from quietstar.llama import DenseCausalAttention
 from quietstar.model import END_THOUGHT, START_THOUGHT
 from quietstar.reference import base_logits, thought_aided_logits
-from tests.support import randomize_heads
+from tests.support import DEVICE, randomize_heads
 
 PREFIX = [5, 17, 200, 33, 99, 4]
 THOUGHT = [40, 41, 42, 43, 44]
@@ -17,14 +17,15 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 def hidden(model, ids: list[list[int]]) -> torch.Tensor:
-    x = torch.tensor(ids)
+    x = torch.tensor(ids, device=model.device)
+    positions = torch.arange(x.shape[1], device=x.device).expand_as(x)
     with torch.no_grad():
-        return model.hidden(x, torch.arange(x.shape[1]).expand_as(x), DenseCausalAttention())
+        return model.hidden(x, positions, DenseCausalAttention())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_zero_head_mix_is_base_exactly(tiny_checkpoint, dtype):
-    model = quietstar.load(tiny_checkpoint, dtype=dtype)
+    model = quietstar.load(tiny_checkpoint, dtype=dtype, device=DEVICE)
     h_base = hidden(model, [PREFIX])
     h_post = hidden(model, [PREFIX[::-1]])  # any other states: w == 0 must ignore them
     with torch.no_grad():
@@ -35,7 +36,9 @@ def test_zero_head_mix_is_base_exactly(tiny_checkpoint, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_zero_head_reference_is_base_exactly(tiny_checkpoint, dtype):
-    model = quietstar.load(tiny_checkpoint, dtype=dtype)  # fresh: no Quiet-STaR tensors
+    model = quietstar.load(
+        tiny_checkpoint, dtype=dtype, device=DEVICE
+    )  # fresh: no Quiet-STaR tensors
     out = thought_aided_logits(model, PREFIX, THOUGHT)
     assert torch.equal(out.w, torch.zeros_like(out.w))
     assert torch.equal(out.logits, out.base_logits)
@@ -52,7 +55,7 @@ def test_nonzero_head_changes_the_prediction(tiny_model):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_meta_tokens_are_masked(tiny_checkpoint, dtype):
-    model = quietstar.load(tiny_checkpoint, dtype=dtype)
+    model = quietstar.load(tiny_checkpoint, dtype=dtype, device=DEVICE)
     randomize_heads(model)
     masked = {model.start_thought_id, model.end_thought_id}
     assert set(model.masked_token_ids.tolist()) == masked
@@ -61,7 +64,7 @@ def test_meta_tokens_are_masked(tiny_checkpoint, dtype):
     with torch.no_grad():
         mixed, _ = model.mix(h[len(PREFIX) - 1], h[-1])
     for logits in (model.logits(h), mixed, thought_aided_logits(model, PREFIX, THOUGHT).logits):
-        ids = torch.arange(logits.shape[-1])
+        ids = torch.arange(logits.shape[-1], device=logits.device)
         is_masked = (ids[..., None] == model.masked_token_ids).any(-1).expand_as(logits)
         assert torch.isneginf(logits[is_masked]).all()
         assert torch.isfinite(logits[~is_masked]).all()
