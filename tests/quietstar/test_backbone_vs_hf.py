@@ -45,12 +45,8 @@ def test_backbone_matches_transformers(tmp_path, family):
 def test_right_padding_matches_transformers(tmp_path):
     directory = make_hf_checkpoint(tmp_path / "qwen2", "qwen2")
     ours, ref = quietstar.load(directory, dtype=torch.float32, device=DEVICE), hf_model(directory)
-    ids = torch.tensor(
-        [[5, 17, 200, 33, 99, 4, 250, 7], [9, 8, 7, 6, 2, 2, 2, 2]],
-        dtype=torch.float32,
-        device=DEVICE,
-    )
-    mask = torch.tensor([[1] * 8, [1] * 4 + [0] * 4], dtype=torch.float32, device=DEVICE)
+    ids = torch.tensor([[5, 17, 200, 33, 99, 4, 250, 7], [9, 8, 7, 6, 2, 2, 2, 2]], device=DEVICE)
+    mask = torch.tensor([[1] * 8, [1] * 4 + [0] * 4], device=DEVICE)
     expected = ref(ids, attention_mask=mask).logits
     got = backbone_logits(ours, ids, mask.bool())[..., : ref.config.vocab_size]
     real = mask.bool()
