@@ -160,7 +160,9 @@ def plot(rows: list[dict], env: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
     names = [r["name"] for r in rows]
-    ax.barh(names, [r["fp32_over_bf16"] for r in rows], color="tab:blue")
+    ratios = [r["fp32_over_bf16"] for r in rows]
+    colors = ["tab:orange" if r > 1 else "tab:blue" for r in ratios]
+    ax.barh(names, [r - 1 for r in ratios], left=1.0, color=colors)  # bars grow from 1 either way
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("fp32 time ÷ bf16 time  (> 1: bf16 faster)")
