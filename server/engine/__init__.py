@@ -2,6 +2,7 @@
 
 from .async_engine import AsyncEngine
 from .config import EngineConfig
+from .core_client import EngineCoreClient, EngineDeadError
 from .engine import Engine
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampling_params import RequestError, SamplingParams, ThoughtParams
@@ -10,6 +11,8 @@ __all__ = [
     "AsyncEngine",
     "Engine",
     "EngineConfig",
+    "EngineCoreClient",
+    "EngineDeadError",
     "FinishReason",
     "RequestError",
     "RequestOutput",

@@ -153,7 +153,7 @@ def test_model_loads_in_background_behind_health(monkeypatch):
             release.wait(10)
             super().__init__()
 
-    monkeypatch.setattr(server.engine, "AsyncEngine", SlowEngine)
+    monkeypatch.setattr(server.engine, "EngineCoreClient", SlowEngine)
     app = build_app(ServerConfig(engine=EngineConfig(model="slow-model")))
     with TestClient(app) as c:
         assert c.get("/health").status_code == 503
@@ -176,10 +176,10 @@ def test_failed_load_reports_and_stops_the_server(monkeypatch):
         def __init__(self, config: EngineConfig) -> None:
             raise ValueError("no such checkpoint directory")
 
-    monkeypatch.setattr(server.engine, "AsyncEngine", BrokenEngine)
+    monkeypatch.setattr(server.engine, "EngineCoreClient", BrokenEngine)
     app = build_app(ServerConfig(engine=EngineConfig(model="missing")))
     stopped = threading.Event()
-    app.state.on_load_failure = stopped.set
+    app.state.on_fatal = stopped.set
     with TestClient(app) as c:
         assert stopped.wait(10)
         health = c.get("/health")
