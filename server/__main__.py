@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from server.api import build_app, drain
+    from server.api.app import FATAL
 
     app = build_app(config)
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
-    return 1 if app.state.status in ("failed", "dead") else 0
+    return 1 if app.state.status in FATAL else 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from server.api.serving import Serving
 from server.config import RequestDefaults, ServerConfig
 
 log = logging.getLogger(__name__)
+FATAL = ("failed", "dead")  # the model did not load; the engine process died
 
 
 def build_app(config: ServerConfig, engine: Any | None = None) -> FastAPI:
@@ -122,7 +123,8 @@ async def _load(app: FastAPI) -> None:
 
 async def drain(app: FastAPI, timeout: float) -> None:
     """The server stopped accepting connections: finish or abort what is still running."""
-    app.state.status = "stopping"
+    if app.state.status not in FATAL:
+        app.state.status = "stopping"
     await asyncio.sleep(timeout)
     if app.state.engine is not None and app.state.admission.in_flight:
         log.info(
@@ -145,7 +147,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if state.status not in ("failed", "dead"):
+        if state.status not in FATAL:
             state.status = "stopping"
         if loader is not None:
             loader.cancel()

@@ -50,6 +50,7 @@ class EngineDeadError(RuntimeError):
 class EngineCoreClient:
     def __init__(self, config: EngineConfig, start_timeout: float = 3600.0):
         self.config = config
+        self._is_closed = threading.Event()
         self._dir = tempfile.mkdtemp(prefix="quietstar-core-")
         self._context = zmq.Context(io_threads=1)
         self._commands = self._bind(zmq.PUSH, "commands")
@@ -124,6 +125,10 @@ class EngineCoreClient:
             self._send(msg.Shutdown())
         self._is_stopping = True
         self._stop_process(timeout)
+        # the watcher ends the open streams and closes the sockets on the event loop; without a
+        # running loop (never started, or already stopped) nothing else uses them: close here
+        if not self._is_closed.wait(WATCH_INTERVAL_S + DRAIN_GRACE_S + 1.0 if self._tasks else 0):
+            self._close()
 
     async def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
@@ -238,8 +243,10 @@ class EngineCoreClient:
 
     def _close(self) -> None:
         with self._send_lock:
-            self._context.destroy(linger=0)
+            if not self._context.closed:
+                self._context.destroy(linger=0)
         shutil.rmtree(self._dir, ignore_errors=True)
+        self._is_closed.set()
 
 
 def _error(message: msg.Failed | msg.Scored) -> Exception:
