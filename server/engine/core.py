@@ -23,7 +23,6 @@ import zmq
 from . import core_messages as msg
 from .config import EngineConfig
 from .outputs import FinishReason
-from .sampling_params import RequestError
 
 log = logging.getLogger(__name__)
 IDLE_POLL_MS = 200  # idle: how often to look for a vanished parent
@@ -35,17 +34,18 @@ class EngineCore:
         self.parent_pid = parent_pid
         self.live: dict[str, int] = {}  # request id -> choices not yet finished
         self.is_stopping = False
+        self.counts = (0, 0)  # (running, waiting) last reported
 
     def run(self) -> None:
         while not self.is_stopping:
+            if os.getppid() != self.parent_pid:
+                log.warning("the API process is gone: exiting")
+                return
             busy = self.engine.has_unfinished()
             if self.commands.poll(0 if busy else IDLE_POLL_MS):
                 self.apply_commands()
             elif not busy:
                 self.engine.check_integrity()
-                if os.getppid() != self.parent_pid:
-                    log.warning("the API process is gone: exiting")
-                    return
                 continue
             if self.engine.has_unfinished():
                 self.step()
@@ -72,8 +72,8 @@ class EngineCore:
     def add(self, command: msg.AddRequest) -> None:
         try:
             self.engine.add_request(command.request_id, command.prompt_ids, command.params)
-        except ValueError as e:
-            self.send(msg.Failed(command.request_id, str(e), getattr(e, "param", None), True))
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            self.send(_failure(msg.Failed, command.request_id, e))
             return
         self.live[command.request_id] = command.params.n
 
@@ -83,11 +83,7 @@ class EngineCore:
                 command.prompt_ids, command.thoughts, command.top_logprobs, command.seed
             )
         except Exception as e:  # noqa: BLE001 - handed to the caller
-            is_request = isinstance(e, RequestError)
-            error = str(e) if is_request else f"{type(e).__name__}: {e}"
-            self.send(
-                msg.Scored(command.call_id, None, error, getattr(e, "param", None), is_request)
-            )
+            self.send(_failure(msg.Scored, command.call_id, e))
             return
         self.send(msg.Scored(command.call_id, result))
 
@@ -126,18 +122,34 @@ class EngineCore:
         self.send_counts(outputs)
 
     def send_counts(self, outputs: list | None = None) -> None:
-        self.send(msg.Outputs(outputs or [], self.engine.num_running, self.engine.num_waiting))
+        """The step's outputs, if any, with the counts; nothing when neither changed (most
+        thought steps), so the API process is woken once per visible token at most."""
+        counts = (self.engine.num_running, self.engine.num_waiting)
+        if outputs or counts != self.counts:
+            self.counts = counts
+            self.send(msg.Outputs(outputs or [], *counts))
 
     def send(self, message) -> None:
         self.results.send(msg.encoder.encode(message), copy=False)
 
 
+def _failure(kind, key, error: Exception):
+    """A Failed or Scored message for `error`: a ValueError (RequestError: with its `param`) is
+    the request's fault and becomes a 400; anything else a 500."""
+    if isinstance(error, ValueError):
+        return kind(
+            key, error=str(error), param=getattr(error, "param", None), is_request_error=True
+        )
+    return kind(key, error=f"engine error: {type(error).__name__}: {error}")
+
+
 def core_threads(config: EngineConfig) -> int | None:
-    """Torch threads for the core: --num-threads, else on CPU every core (the API process is
-    single-threaded and mostly asleep; measured in benchmarks/RESULTS.md)."""
+    """Torch threads for the core: --num-threads, else on CPU all cores but one, which stays with
+    the single-threaded API process. Its wake-ups (one per step to relay tokens) would otherwise
+    preempt a torch thread and stall every OpenMP barrier behind it (benchmarks/RESULTS.md)."""
     if config.num_threads is not None or config.device != "cpu":
         return config.num_threads
-    return os.cpu_count() or 1
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def serve(config: EngineConfig, input_address: str, output_address: str, parent_pid: int) -> int:
