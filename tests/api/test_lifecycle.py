@@ -208,3 +208,24 @@ async def test_drain_reports_stopping_and_lets_running_requests_finish():
     assert conn.body().endswith(b"data: [DONE]\n\n")
     await draining
     assert not engine.stopped  # nothing was left to abort
+
+
+@pytest.mark.parametrize("engine_core", ["process", "thread"])
+def test_engine_core_flag_picks_the_engine(monkeypatch, engine_core):
+    """`--engine-core process` loads an EngineCoreClient, `thread` an AsyncEngine."""
+    loaded = []
+
+    class Recording(FakeEngine):
+        def __init__(self, config: EngineConfig, kind: str) -> None:
+            loaded.append(kind)
+            super().__init__()
+
+    monkeypatch.setattr(server.engine, "EngineCoreClient", lambda c: Recording(c, "process"))
+    monkeypatch.setattr(server.engine, "AsyncEngine", lambda c: Recording(c, "thread"))
+    config = ServerConfig(engine=EngineConfig(model="m"), engine_core=engine_core)
+    with TestClient(build_app(config)) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert loaded == [engine_core]
