@@ -2,7 +2,8 @@
 
 On SIGINT/SIGTERM uvicorn stops accepting connections; running requests get --shutdown-timeout
 seconds to finish, then are aborted (`server.api.drain`), and the lifespan stops the engine.
-uvicorn re-raises the signal once it is done, so the exit status reports it.
+uvicorn re-raises the signal once it is done, so the exit status reports it. A model that fails
+to load, or an engine-core process that dies, stops the server with exit status 1.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from server.api import build_app, drain
+    from server.api.app import FATAL
 
     app = build_app(config)
 
@@ -42,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=config.shutdown_timeout + DRAIN_MARGIN_S,
         )
     )
-    app.state.on_load_failure = lambda: setattr(server, "should_exit", True)
+    app.state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
-    return 1 if app.state.status == "failed" else 0
+    return 1 if app.state.status in FATAL else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from server import env
 from server.engine import EngineConfig
 
 THOUGHT_MODES = ("auto", "on", "off")
+ENGINE_CORES = ("process", "thread")
 EFFORT_LEVELS = ("minimal", "low", "medium", "high", "xhigh", "max")  # OpenAI ReasoningEffort
 DEFAULT_EFFORT_TOKENS = {"minimal": 2, "low": 4, "medium": 8, "high": 16}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -76,6 +77,13 @@ class ServerConfig:
         parse=parse_origins,
     )
     max_body_bytes: int = _flag(8 << 20, "largest request body in bytes; larger get HTTP 413", HTTP)
+    engine_core: str = _flag(
+        "process",
+        "where the engine runs: `process` (its own process; this one keeps HTTP, tokenisation, "
+        "text and SSE) or `thread` (a thread of the HTTP process, sharing its GIL)",
+        HTTP,
+        choices=ENGINE_CORES,
+    )
     shutdown_timeout: float = _flag(
         30.0, "seconds SIGTERM waits for running requests before aborting them", HTTP
     )
@@ -111,6 +119,7 @@ class ServerConfig:
             (self.queue_size >= 0, f"--queue-size must be >= 0, got {self.queue_size}"),
             (self.max_body_bytes >= 1, f"--max-body-bytes must be >= 1, got {self.max_body_bytes}"),
             (self.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0"),
+            (self.engine_core in ENGINE_CORES, f"--engine-core must be one of {ENGINE_CORES}"),
             (self.thoughts in THOUGHT_MODES, f"--thoughts must be one of {THOUGHT_MODES}"),
             (
                 self.thought_tokens is None or 0 <= self.thought_tokens <= e.max_thought_tokens,

@@ -50,11 +50,18 @@ def offenders(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_engine_imports_no_http_stack():
-    modules = imported_modules("server.engine")
+    modules = imported_modules("server.engine", walk=True)
     assert "server.engine.engine" in modules  # the probe really imported the engine
     assert offenders(modules, ("fastapi", "pydantic", "starlette", "uvicorn")) == []
     assert offenders(modules, ("training", "clients")) == []
     assert not any(m.startswith("server.api") for m in modules)
+
+
+def test_api_process_imports_no_torch():
+    """The API process talks to the engine-core process: no torch, no model code."""
+    modules = imported_modules("server.api")
+    assert "server.engine.core_client" in modules
+    assert offenders(modules, ("torch", "quietstar")) == []
 
 
 def test_clients_import_nothing_from_the_model_server_or_trainer():

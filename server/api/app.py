@@ -2,7 +2,9 @@
 
 With no engine given, the lifespan loads one in the background: the server answers at once,
 /health says 503 until the model is ready, and a failed load stops the server
-(`app.state.on_load_failure`). On SIGTERM, `drain` reports "stopping" on /health, lets running
+(`app.state.on_fatal`). The engine runs in its own process (`--engine-core process`, the
+default) or on a thread; an engine process that dies turns /health to 503 and stops the server
+too, after its in-flight requests fail with a 500. On SIGTERM, `drain` reports "stopping" on /health, lets running
 requests finish for --shutdown-timeout seconds, then stops the engine so the rest end as aborted
 (an error event on streams); the lifespan's end stops it in any case.
 """
@@ -27,6 +29,7 @@ from server.api.serving import Serving
 from server.config import RequestDefaults, ServerConfig
 
 log = logging.getLogger(__name__)
+FATAL = ("failed", "dead")  # the model did not load; the engine process died
 
 
 def build_app(config: ServerConfig, engine: Any | None = None) -> FastAPI:
@@ -39,7 +42,7 @@ def build_app(config: ServerConfig, engine: Any | None = None) -> FastAPI:
     )  # curl -d without a JSON content type still parses
     state = app.state
     state.config, state.engine, state.serving = config, None, None
-    state.status, state.load_error, state.on_load_failure = "loading", None, None
+    state.status, state.load_error, state.on_fatal = "loading", None, None
     state.admission = Admission(config.engine.max_num_seqs + config.queue_size)
     state.metrics = ServerMetrics(lambda: state.engine, lambda: state.admission.in_flight)
     if engine is not None:
@@ -64,6 +67,8 @@ def _attach(app: FastAPI, engine: Any) -> None:
     state = app.state
     defaults = RequestDefaults.resolve(state.config, engine.model_info)
     state.engine = engine
+    if hasattr(engine, "on_dead"):
+        engine.on_dead = lambda error: _engine_died(app, error)
     state.serving = Serving(engine, defaults, state.metrics, state.admission)
     state.status = "ready"
     info = engine.model_info
@@ -82,27 +87,45 @@ def _attach(app: FastAPI, engine: Any) -> None:
     )
 
 
+def _engine_died(app: FastAPI, error: Exception) -> None:
+    state = app.state
+    state.status, state.load_error = "dead", str(error)
+    log.error("%s: stopping the server", error)
+    if state.on_fatal is not None:
+        state.on_fatal()
+
+
 async def _load(app: FastAPI) -> None:
-    from server.engine import AsyncEngine
+    import server.engine
 
     state = app.state
     started = time.monotonic()
-    log.info("loading model %r ...", state.config.engine.model)
+    log.info(
+        "loading model %r (engine core: %s) ...",
+        state.config.engine.model,
+        state.config.engine_core,
+    )
+    kind = (
+        server.engine.EngineCoreClient
+        if state.config.engine_core == "process"
+        else server.engine.AsyncEngine
+    )
     try:
-        engine = await asyncio.to_thread(AsyncEngine, state.config.engine)
+        engine = await asyncio.to_thread(kind, state.config.engine)
         engine.start()
         _attach(app, engine)
         log.info("model loaded in %.1fs", time.monotonic() - started)
     except Exception as e:  # noqa: BLE001 - reported on /health, then the server stops
         log.exception("loading model %r failed", state.config.engine.model)
         state.status, state.load_error = "failed", f"{type(e).__name__}: {e}"
-        if state.on_load_failure is not None:
-            state.on_load_failure()
+        if state.on_fatal is not None:
+            state.on_fatal()
 
 
 async def drain(app: FastAPI, timeout: float) -> None:
     """The server stopped accepting connections: finish or abort what is still running."""
-    app.state.status = "stopping"
+    if app.state.status not in FATAL:
+        app.state.status = "stopping"
     await asyncio.sleep(timeout)
     if app.state.engine is not None and app.state.admission.in_flight:
         log.info(
@@ -125,7 +148,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if state.status != "failed":
+        if state.status not in FATAL:
             state.status = "stopping"
         if loader is not None:
             loader.cancel()

@@ -35,6 +35,8 @@ def serving_of(request: Request) -> Serving:
         raise APIError(
             503, f"the model failed to load: {state.load_error}", code="model_load_failed"
         )
+    if state.status == "dead":
+        raise APIError(503, f"{state.load_error}; the server is stopping", code="engine_dead")
     if state.status == "stopping":
         raise APIError(503, "the server is shutting down", code="shutting_down")
     raise APIError(
@@ -45,7 +47,7 @@ def serving_of(request: Request) -> Serving:
     )
 
 
-@router.get("/health", responses={503: {"description": "loading, failed or stopping"}})
+@router.get("/health", responses={503: {"description": "loading, failed, dead or stopping"}})
 async def health(request: Request) -> JSONResponse:
     state = request.app.state
     if state.status == "ready":

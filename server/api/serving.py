@@ -27,7 +27,7 @@ from server.api.middleware import Admission
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.responses import Model, QuietStarInfo
 from server.config import RequestDefaults
-from server.engine import RequestOutput
+from server.engine import EngineDeadError, RequestOutput
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -162,7 +162,10 @@ class Serving:
             raise
         except ValueError as e:  # the engine refused the request
             job.finish("invalid")
-            raise bad_request(str(e)) from e
+            raise bad_request(str(e), getattr(e, "param", None)) from e
+        except EngineDeadError as e:
+            job.finish("error")
+            raise _stream_error(e) from e
         except Exception as e:
             job.finish("error")
             log.exception("%s: failed", job.request_id)
@@ -234,7 +237,9 @@ def _stream_error(e: Exception) -> APIError:
     if isinstance(e, Aborted):
         return APIError(503, str(e), code="aborted")
     if isinstance(e, ValueError):
-        return bad_request(str(e))
+        return bad_request(str(e), getattr(e, "param", None))
+    if isinstance(e, EngineDeadError):
+        return APIError(500, f"{e}; the server is stopping", code="engine_dead")
     return APIError(500, f"internal server error ({type(e).__name__}: {e})")
 
 

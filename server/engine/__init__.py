@@ -1,8 +1,11 @@
-"""The batching engine: thinking-before-speaking decoding (no FastAPI or pydantic here)."""
+"""The batching engine: thinking-before-speaking decoding (no FastAPI or pydantic here).
 
-from .async_engine import AsyncEngine
+`Engine` and `AsyncEngine` (which need torch and the model code) are imported on first use, so
+the API process, which talks to the engine-core process, never imports torch.
+"""
+
 from .config import EngineConfig
-from .engine import Engine
+from .core_client import EngineCoreClient, EngineDeadError
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampling_params import RequestError, SamplingParams, ThoughtParams
 
@@ -10,6 +13,8 @@ __all__ = [
     "AsyncEngine",
     "Engine",
     "EngineConfig",
+    "EngineCoreClient",
+    "EngineDeadError",
     "FinishReason",
     "RequestError",
     "RequestOutput",
@@ -18,3 +23,15 @@ __all__ = [
     "ThoughtParams",
     "TokenOutput",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    if name == "AsyncEngine":
+        from .async_engine import AsyncEngine
+
+        return AsyncEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,10 @@
-"""AsyncEngine: the Engine on a background thread, with per-request asyncio queues.
+"""AsyncEngine: the Engine on a background thread of the API process, with per-request asyncio
+queues (`quietstar serve --engine-core thread`; the default runs it in its own process,
+`core_client.py`, with the same surface).
 
 Commands (add, abort, score) are queued to the thread and applied between steps, so abort frees
-a request's resources by the next step. Closing a `generate` iterator aborts its request.
+a request's resources by the next step. Closing a `generate` iterator aborts its request. Text
+and stop strings are applied on the event loop's side (`output_processor.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import AsyncIterator
 
 from .config import EngineConfig
 from .engine import Engine
+from .limits import model_info
+from .output_processor import RequestText
 from .outputs import FinishReason, RequestOutput, ScoreOutput
 from .sampling_params import SamplingParams, ThoughtParams
 
@@ -34,17 +39,7 @@ class AsyncEngine:
 
     @property
     def model_info(self) -> dict:
-        e = self.engine
-        return {
-            "max_model_len": e.max_model_len,
-            "thought_tokens": e.default_thought_tokens,
-            "n_ahead": e.model.config.n_ahead,
-            "heads_trained": e.model.config.heads_trained,
-            "source": getattr(e.model, "source", e.config.model),
-            "dtype": str(e.model.dtype).removeprefix("torch."),
-            "dtype_reason": e.dtype_reason,
-            "device": e.config.device,
-        }
+        return model_info(self.engine)
 
     @property
     def num_running(self) -> int:
@@ -80,17 +75,13 @@ class AsyncEngine:
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), stream)
         self._submit(("add", request_id, prompt_ids, params))
-        remaining = params.n
+        text = RequestText(self.tokenizer, params)
         try:
-            while remaining:
-                item = await stream.get()
-                if isinstance(item, BaseException):
-                    raise item
-                remaining -= item.finished
-                yield item
+            async for out in text.follow(stream):
+                yield out
         finally:
             self._streams.pop(request_id, None)
-            if remaining:
+            if text.needs_abort:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:

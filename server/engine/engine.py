@@ -16,12 +16,13 @@ from quietstar.parallel import parallel_thought_forward
 
 from .config import EngineConfig
 from .kv_cache import KVCache
+from .limits import RequestLimits
 from .model_runner import ModelRunner, StepRows
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampler import sample_thoughts, sample_visible
-from .sampling_params import RequestError, SamplingParams, ThoughtParams
+from .sampling_params import SamplingParams, ThoughtParams
 from .scheduler import Scheduler
-from .sequence import Detokenizer, Sequence
+from .sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ class Engine:
         )
         self.runner = ModelRunner(self.model, self.cache)
         self.scheduler = Scheduler(self.cache)
-        self.detok = Detokenizer(self.tokenizer)
         self.seeds = itertools.count(config.seed)
         self.requests: dict[str, list[Sequence]] = {}
+        self.limits = RequestLimits.of(self)
 
     # ------------------------------------------------------------------ public surface
 
@@ -67,45 +68,8 @@ class Engine:
         return self.model.config.thought_tokens
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Raise ValueError naming the problem when a request cannot be served."""
-        self._validate_prompt(prompt_ids)
-        self._validate_thoughts(params.thoughts)
-        if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise RequestError(
-                f"this model's maximum context length is {self.max_model_len} tokens; the request "
-                f"has {len(prompt_ids)} prompt tokens and asks for {params.max_tokens} completion tokens",
-                "max_tokens",
-            )
-
-    def _validate_prompt(self, prompt_ids: list[int]) -> None:
-        if not prompt_ids:
-            raise RequestError("the prompt is empty", "prompt")
-        vocab = self.model.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise RequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
-        if len(prompt_ids) > self.max_model_len:
-            raise RequestError(
-                f"this model's maximum context length is {self.max_model_len} tokens; "
-                f"the prompt has {len(prompt_ids)}",
-                "prompt",
-            )
-
-    def _validate_thoughts(self, th: ThoughtParams) -> None:
-        if not th.enabled:
-            return
-        L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
-        if L > self.config.max_thought_tokens:
-            raise RequestError(
-                f"thought tokens {L} exceed this server's maximum of "
-                f"{self.config.max_thought_tokens}",
-                "thoughts.tokens",
-            )
-        if th.count > self.config.max_parallel_thoughts:
-            raise RequestError(
-                f"thought count {th.count} exceeds this server's maximum of "
-                f"{self.config.max_parallel_thoughts}",
-                "thoughts.count",
-            )
+        """Raise RequestError naming the field when a request cannot be served."""
+        self.limits.validate(prompt_ids, params)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         self.validate(prompt_ids, params)
@@ -237,22 +201,19 @@ class Engine:
         s = sample_visible(logprobs, seq.params, seq.generator, seq.token_counts)
         seq.output_ids.append(s.token_id)
         seq.token_counts[s.token_id] = seq.token_counts.get(s.token_id, 0) + 1
-        text, hit_stop = self.detok.append(seq)
         include = seq.params.thoughts.include and thoughts is not None
         seq.outbox.append(
             TokenOutput(
                 s.token_id,
-                text,
+                "",  # filled by the output processor, which also applies stop strings
                 s.logprob if seq.params.logprobs is not None else None,
                 s.top_logprobs,
                 thoughts if include else None,
                 weights if include else None,
             )
         )
-        reason = self._finish_reason(seq, s.token_id, hit_stop)
+        reason = self._finish_reason(seq, s.token_id)
         if reason is not None:
-            if not hit_stop:  # release text held back for a possible stop string
-                seq.outbox[-1].text += self.detok.flush(seq)
             seq.finish(reason)
             return
         seq.pending_token = s.token_id
@@ -264,9 +225,9 @@ class Engine:
         seq.start_thought()
         self.cache.branch(seq.slot)
 
-    def _finish_reason(self, seq: Sequence, token: int, hit_stop: bool) -> FinishReason | None:
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         p = seq.params
-        if hit_stop or token in p.stop_token_ids:
+        if token in p.stop_token_ids:
             return FinishReason.STOP
         if not p.ignore_eos and token == self.tokenizer.eos_token_id:
             return FinishReason.STOP
@@ -313,8 +274,8 @@ class Engine:
     ) -> ScoreOutput:
         """Thought-aided log-prob of every prompt token, all positions in L+2 batched passes
         (spec §3.4); K thoughts per position average their probabilities."""
-        self._validate_prompt(prompt_ids)
-        self._validate_thoughts(thoughts)
+        self.limits.validate_prompt(prompt_ids)
+        self.limits.validate_thoughts(thoughts)
         ids = torch.tensor([prompt_ids], device=self.model.device)
         if thoughts.enabled:
             L = self.default_thought_tokens if thoughts.num_tokens is None else thoughts.num_tokens

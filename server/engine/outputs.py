@@ -15,7 +15,7 @@ class FinishReason(str, Enum):
 @dataclass
 class TokenOutput:
     token_id: int
-    text: str  # detokenized text this token adds (stop strings already cut)
+    text: str  # text this token adds: "" from the engine, filled by output_processor.py
     logprob: float | None = (
         None  # under the distribution it was sampled from (before sampling transforms)
     )

@@ -1,4 +1,4 @@
-"""Sequence: one choice of one request, with its thought state machine and detokenizer.
+"""Sequence: one choice of one request, with its thought state machine.
 
 Per visible token with thoughts on (spec §4.4): step 0 feeds the pending visible token (base row)
 fused with START, steps 1..L feed the sampled thought tokens, step L+1 feeds END; its output is
@@ -41,7 +41,6 @@ class Sequence:
     thought_ids: list[list[int]] = field(default_factory=list)  # current thought, K lists
     num_thought_tokens: int = 0
     outbox: list[TokenOutput] = field(default_factory=list)
-    text: str = ""  # visible text emitted so far
     is_reported: bool = False  # the finished output has been handed out
     token_counts: dict[int, int] = field(default_factory=dict)
 
@@ -83,42 +82,3 @@ class Sequence:
         self.finish_reason = reason
         self.pending_token = None
         self.thought_step = -1
-
-
-class Detokenizer:
-    """Incremental detokenization with stop strings that never leak into streamed text."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def append(self, seq: Sequence) -> tuple[str, bool]:
-        """Text the latest token adds, and whether a stop string was hit."""
-        full = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        stops = seq.params.stop
-        hits = [full.find(stop, max(0, len(seq.text) - len(stop) + 1)) for stop in stops]
-        hits = [at for at in hits if at != -1]
-        if hits:  # the earliest occurrence wins, whatever the list order
-            return self._emit(seq, full[: min(hits)]), True
-        if full.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
-            return "", False
-        keep = max((_overlap(full, s) for s in stops), default=0)
-        return self._emit(seq, full[: len(full) - keep]), False
-
-    @staticmethod
-    def _emit(seq: Sequence, text: str) -> str:
-        delta = text[len(seq.text) :] if text.startswith(seq.text) else ""
-        seq.text = seq.text + delta
-        return delta
-
-    def flush(self, seq: Sequence) -> str:
-        """At a non-stop finish, release text held back for a possible stop string."""
-        full = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        return self._emit(seq, full)
-
-
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
-    for n in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0

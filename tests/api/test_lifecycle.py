@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import server.engine
-from server.api import build_app
+from server.api import build_app, drain
 from server.config import ServerConfig
 from server.engine import EngineConfig
 from tests.api.api_fakes import CHAT, COMPLETION, FakeEngine, client, make_app, sse_events
@@ -153,7 +153,7 @@ def test_model_loads_in_background_behind_health(monkeypatch):
             release.wait(10)
             super().__init__()
 
-    monkeypatch.setattr(server.engine, "AsyncEngine", SlowEngine)
+    monkeypatch.setattr(server.engine, "EngineCoreClient", SlowEngine)
     app = build_app(ServerConfig(engine=EngineConfig(model="slow-model")))
     with TestClient(app) as c:
         assert c.get("/health").status_code == 503
@@ -176,10 +176,10 @@ def test_failed_load_reports_and_stops_the_server(monkeypatch):
         def __init__(self, config: EngineConfig) -> None:
             raise ValueError("no such checkpoint directory")
 
-    monkeypatch.setattr(server.engine, "AsyncEngine", BrokenEngine)
+    monkeypatch.setattr(server.engine, "EngineCoreClient", BrokenEngine)
     app = build_app(ServerConfig(engine=EngineConfig(model="missing")))
     stopped = threading.Event()
-    app.state.on_load_failure = stopped.set
+    app.state.on_fatal = stopped.set
     with TestClient(app) as c:
         assert stopped.wait(10)
         health = c.get("/health")
@@ -187,3 +187,45 @@ def test_failed_load_reports_and_stops_the_server(monkeypatch):
     assert health.status_code == 503 and health.json()["status"] == "failed"
     assert "no such checkpoint" in health.json()["error"]
     assert chat.json()["error"]["code"] == "model_load_failed"
+
+
+@pytest.mark.anyio
+async def test_drain_reports_stopping_and_lets_running_requests_finish():
+    """SIGTERM's drain: /health and new requests get 503 at once; a request already running
+    finishes; the engine is stopped after the timeout only if something is still running."""
+    engine = FakeEngine(step_s=0.01)
+    app, _ = make_app(engine)
+    conn = Connection(app, "/v1/completions", {**COMPLETION, "stream": True, "max_tokens": 10})
+    await until(lambda: conn.body().count(b"data:") >= 2)
+    draining = asyncio.create_task(drain(app, 0.5))
+    await asyncio.sleep(0)
+    async with client(app) as c:
+        health = await c.get("/health")
+        refused = await c.post("/v1/completions", json=COMPLETION)
+    assert health.status_code == 503 and health.json()["status"] == "stopping"
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+    await asyncio.wait_for(conn.task, 5)
+    assert conn.body().endswith(b"data: [DONE]\n\n")
+    await draining
+    assert not engine.stopped  # nothing was left to abort
+
+
+@pytest.mark.parametrize("engine_core", ["process", "thread"])
+def test_engine_core_flag_picks_the_engine(monkeypatch, engine_core):
+    """`--engine-core process` loads an EngineCoreClient, `thread` an AsyncEngine."""
+    loaded = []
+
+    class Recording(FakeEngine):
+        def __init__(self, config: EngineConfig, kind: str) -> None:
+            loaded.append(kind)
+            super().__init__()
+
+    monkeypatch.setattr(server.engine, "EngineCoreClient", lambda c: Recording(c, "process"))
+    monkeypatch.setattr(server.engine, "AsyncEngine", lambda c: Recording(c, "thread"))
+    config = ServerConfig(engine=EngineConfig(model="m"), engine_core=engine_core)
+    with TestClient(build_app(config)) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert loaded == [engine_core]

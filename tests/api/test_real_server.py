@@ -1,11 +1,13 @@
-"""End to end: a real `python -m server` subprocess on a tiny random checkpoint, driven with the
-official `openai` SDK (chat, streaming usage, n, stop, seeds, logprobs, thoughts, reasoning
-effort, scoring), plus a dropped stream that frees its engine slot and a clean SIGTERM exit."""
+"""End to end: a real `python -m server` subprocess (and its engine-core process) on a tiny random
+checkpoint, driven with the official `openai` SDK (chat, streaming usage, n, stop, seeds,
+logprobs, thoughts, reasoning effort, scoring), plus a dropped stream that frees its engine slot,
+a clean SIGTERM exit, and a killed engine core that fails the stream and stops the server."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,9 +98,14 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint) -> Iterator[str]:
-    with running_server(checkpoint) as (_, base, _):
-        yield base
+def server_process(checkpoint) -> Iterator[tuple[subprocess.Popen, str, Any]]:
+    with running_server(checkpoint) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(server_process) -> str:
+    return server_process[1]
 
 
 @pytest.fixture
@@ -271,29 +278,30 @@ def test_dropped_stream_frees_the_engine_slot(server):
     assert metric(server, 'quietstar_requests_total{endpoint="completions",outcome="aborted"}') >= 1
 
 
-def test_sigterm_exits_cleanly_during_a_stream(checkpoint):
-    with running_server(checkpoint, "--shutdown-timeout", "1") as (proc, base, log):
-        body = {
+def test_sigterm_drains_then_exits_cleanly(checkpoint):
+    """SIGTERM: a short stream finishes within --shutdown-timeout, a long one is then aborted
+    (through the engine-core process), and the server exits cleanly."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with running_server(checkpoint, "--shutdown-timeout", "2") as (proc, base, log):
+        long = {
             "model": "tiny",
             "prompt": "Once",
             "max_tokens": 240,
             "stream": True,
             "ignore_eos": True,
-            "thoughts": {"tokens": 24},
-        }  # 25 steps a token: seconds
+            "thoughts": {"tokens": 32},
+        }  # 34 steps a token: seconds
+        short = {**long, "max_tokens": 16, "thoughts": {"enabled": False}}
         with (
             httpx.Client(timeout=60) as client,
-            client.stream(
-                "POST",
-                f"{base}/v1/completions",
-                json=body,
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            ) as response,
+            client.stream("POST", f"{base}/v1/completions", json=long, headers=headers) as r1,
+            client.stream("POST", f"{base}/v1/completions", json=short, headers=headers) as r2,
         ):
-            lines = response.iter_lines()
+            lines = r1.iter_lines()
             next(line for line in lines if line.startswith("data:"))
             proc.send_signal(signal.SIGTERM)
             rest = [line for line in lines if line.startswith("data:")]
+            short_events = [line for line in r2.iter_lines() if line.startswith("data:")]
         # uvicorn re-raises the signal after its graceful shutdown, so the status says SIGTERM
         assert proc.wait(30) in (0, -signal.SIGTERM)
         log.seek(0)
@@ -301,3 +309,25 @@ def test_sigterm_exits_cleanly_during_a_stream(checkpoint):
         assert "aborting them" in text and "stopping the engine" in text, text[-3000:]
         assert "Finished server process" in text and "Traceback" not in text, text[-3000:]
     assert rest and '"code": "aborted"' in rest[-1]  # the stream ended with an abort event
+    assert short_events[-1] == "data: [DONE]"
+
+
+def test_killed_engine_core_stops_the_server(server_process):
+    """Kills the module's server: keep this the last test that uses `server`."""
+    proc, base, log = server_process
+    log.seek(0)
+    pid = int(re.search(rb"engine core ready \(pid (\d+)", log.read()).group(1))
+    body = {"model": "tiny", "prompt": "Once", "max_tokens": 200, "stream": True}
+    body.update(ignore_eos=True, thoughts={"tokens": 8})
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{base}/v1/completions", json=body, headers=headers) as response,
+    ):
+        lines = (line for line in response.iter_lines() if line.startswith("data:"))
+        next(lines)
+        os.kill(pid, signal.SIGKILL)
+        rest = list(lines)
+    assert rest and '"code": "engine_dead"' in rest[-1] and "[DONE]" not in rest[-1]
+    assert proc.wait(30) == 1
+    assert "engine core process died (exit code -9)" in _tail(log)

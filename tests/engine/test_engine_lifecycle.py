@@ -1,13 +1,11 @@
 """Request lifecycle: admission when slots free up, aborts (running mid-thought, waiting, unknown),
-finish reasons (length, stop string, stop token id, abort), bookkeeping after all of it, and the
+finish reasons (length, stop token id, abort; stop strings: test_output_processor.py), bookkeeping after all of it, and the
 validation that refuses requests the engine cannot serve."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
-import quietstar
 from server.engine import FinishReason, SamplingParams, ThoughtParams
 from tests.engine.engine_support import (
     make_engine,
@@ -149,71 +147,6 @@ def test_stop_token_ids(model):
     assert stopped.finish_reason == FinishReason.STOP
     assert stopped.token_ids == free[: j + 1]
     assert_idle(engine)
-
-
-# ---------------------------------------------------------------------- stop strings
-
-
-@pytest.fixture(scope="module")
-def default_engine(default_model_dir):
-    return make_engine(
-        quietstar.load(default_model_dir, dtype=torch.float32), max_parallel_thoughts=1
-    )
-
-
-COUNTING = "Count from one to ten: 1, 2, 3,"  # greedy: " 4, 5, 6, 7, 8, 9, 1..."
-
-
-def run_stop(engine, stop: tuple[str, ...], max_tokens: int = 20, prompt: str = COUNTING):
-    ids = engine.tokenizer(prompt)["input_ids"]
-    engine.add_request("s", ids, greedy(max_tokens, stop=stop))
-    choice = run_to_completion(engine)["s", 0]
-    assert_idle(engine)
-    return choice
-
-
-def assert_no_leak(choice, stops, final: str) -> None:
-    """Every streamed prefix is a prefix of the final text, which holds no stop string."""
-    text = ""
-    for tok in choice.tokens:
-        text += tok.text
-        assert final.startswith(text), f"streamed {text!r} is not a prefix of {final!r}"
-        assert not any(s in text for s in stops), f"stop string leaked in {text!r}"
-    assert text == final
-
-
-def test_stop_string_spanning_tokens_is_cut(default_engine):
-    free = run_stop(default_engine, ())
-    assert free.text.startswith(" 4, 5, 6, 7, 8"), free.text  # the model's greedy continuation
-    choice = run_stop(default_engine, ("7, 8",))
-    assert choice.finish_reason == FinishReason.STOP
-    assert_no_leak(choice, ("7, 8",), " 4, 5, 6, ")
-    # stopped on the token that completed the stop string, not later
-    texts = [t.text for t in free.tokens]
-    stop_at = next(i for i in range(len(texts)) if "7, 8" in "".join(texts[: i + 1]))
-    assert choice.token_ids == free.token_ids[: stop_at + 1]
-
-
-def test_held_back_text_is_released_at_length_finish(default_engine):
-    # " 4, 5, 6, 7, " ends with "7, ", a prefix of the stop: held back, then flushed at the end
-    choice = run_stop(default_engine, ("7, 9",), max_tokens=13)
-    assert choice.finish_reason == FinishReason.LENGTH
-    assert_no_leak(choice, ("7, 9",), " 4, 5, 6, 7, ")
-
-
-def test_absent_stop_string_changes_nothing(default_engine):
-    free = run_stop(default_engine, (), max_tokens=8)
-    choice = run_stop(default_engine, ("zebra",), max_tokens=8)
-    assert choice.finish_reason == FinishReason.LENGTH
-    assert choice.token_ids == free.token_ids and choice.text == free.text
-
-
-def test_earliest_of_several_stop_strings_wins(default_engine):
-    # greedy first token is " Paris": "Pa" occurs before "is"; list order must not matter
-    for stops in [("Pa", "is"), ("is", "Pa")]:
-        choice = run_stop(default_engine, stops, max_tokens=4, prompt="The capital of France is")
-        assert choice.finish_reason == FinishReason.STOP
-        assert_no_leak(choice, stops, " ")
 
 
 # ---------------------------------------------------------------------- validation
