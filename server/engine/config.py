@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quietstar.dtypes import DTYPE_CHOICES
+# quietstar.dtypes.DTYPE_CHOICES, spelled out: the API process reads this config and must not
+# import torch (tests/quietstar/test_dtypes.py keeps the two equal).
+DTYPE_CHOICES = ("auto", "bfloat16", "float32", "float16")
 
 
 @dataclass(frozen=True)

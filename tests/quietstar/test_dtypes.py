@@ -73,3 +73,9 @@ def test_the_probe_agrees_with_onednn_itself():
 def test_cpu_flags_are_reported():
     flags = dtypes.cpu_flags()
     assert flags == "unknown" or flags.startswith("none of") or "avx" in flags or "amx" in flags
+
+
+def test_the_server_config_offers_the_same_dtypes():
+    from server.engine.config import DTYPE_CHOICES
+
+    assert DTYPE_CHOICES == dtypes.DTYPE_CHOICES
