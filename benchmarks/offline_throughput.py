@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from . import quant_throughput
+
 PROMPT = (
     "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
     "May. How many clips did Natalia sell altogether in April and May?\nA:"
@@ -29,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="backbone dtype"
     )
     p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="weight-only quantisation of the engine's model (default: none)",
+    )
+    p.add_argument(
+        "--quantize-group-size", type=int, default=32, help="int4 only: columns per scale/zero"
+    )
+    p.add_argument(
+        "--compare-quantize", default=None, metavar="LIST", help=quant_throughput.VARIANT_HELP
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--tokens", type=int, default=64, help="visible tokens per thoughts-off run")
     p.add_argument("--thought-tokens", type=int, default=8, help="L for the thoughts-on runs")
@@ -55,12 +69,20 @@ class Bench:
 
         self.args = args
         dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-        self.model = quietstar.load(args.model, dtype, args.device)
+        self.model = quietstar.load(
+            args.model,
+            dtype,
+            args.device,
+            quantize=args.quantize,
+            quantize_group_size=args.quantize_group_size,
+        )
         self.engine = Engine(
             EngineConfig(
                 model=args.model,
                 dtype=args.dtype,
                 device=args.device,
+                quantize=args.quantize,
+                quantize_group_size=args.quantize_group_size,
                 max_model_len=2048,
                 max_num_seqs=8,
             ),
@@ -218,12 +240,14 @@ def environment(args) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "model": args.model,
         "dtype": args.dtype,
         "device": args.device,
+        "quantize": args.compare_quantize or args.quantize,
     }
 
 
@@ -237,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = measure(Bench(args))
+    if args.compare_quantize:
+        rows, table = quant_throughput.measure(args), quant_throughput.markdown
+    else:
+        rows, table = measure(Bench(args)), markdown
     env = environment(args)
-    print(markdown(rows))
+    print(table(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from quietstar.quant import INT4_GROUP_SIZES, QUANT_MODES, QuantSpec
+
 DTYPES = ("bfloat16", "float32", "float16")
 
 
@@ -17,6 +19,20 @@ class EngineConfig:
         default="bfloat16", metadata={"help": f"backbone dtype: {', '.join(DTYPES)}"}
     )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N"})
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "weight-only quantisation of the backbone linears, done once at load: int8 "
+            "(per output channel) or int4 (grouped; refused on devices without a PyTorch int4 "
+            "kernel); activations stay in --dtype, the mixing head and meta vectors in fp32 "
+            "(default: none)",
+            "choices": QUANT_MODES,
+        },
+    )
+    quantize_group_size: int = field(
+        default=32,
+        metadata={"help": f"int4 only: input columns per scale/zero, one of {INT4_GROUP_SIZES}"},
+    )
     max_model_len: int = field(
         default=2048,
         metadata={"help": "context limit in visible tokens (capped by the model's own)"},
@@ -42,6 +58,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.quantize is not None:
+            QuantSpec(self.quantize, self.quantize_group_size)  # raises ValueError naming it
         for name in ("max_model_len", "max_num_seqs", "max_parallel_thoughts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -32,7 +32,13 @@ class Engine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
-        self.model = model or quietstar.load(config.model, DTYPES[config.dtype], config.device)
+        self.model = model or quietstar.load(
+            config.model,
+            DTYPES[config.dtype],
+            config.device,
+            quantize=config.quantize,
+            quantize_group_size=config.quantize_group_size,
+        )
         self.model.requires_grad_(False)
         if not self.model.backbone.is_fused:
             self.model.backbone.fuse_for_inference()
