@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .quant_throughput import VARIANT_HELP, parse_variant
+from .quant_throughput import DTYPES, VARIANT_HELP, parse_variant
 
 HEADS_SPLIT = dict(eval_fraction=0.05, seed=42, seq_len=48, n_ahead=8, n_ahead_talk=2)
 
@@ -51,9 +51,8 @@ def held_out_windows(data: str, tokenizer, n: int):
 def load(args, name: str):
     import quietstar
 
-    mode, group = parse_variant(name)
-    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
-    return quietstar.load(args.model, dtype, quantize=mode, quantize_group_size=group)
+    mode, group, dtype = parse_variant(name, args.dtype)
+    return quietstar.load(args.model, DTYPES[dtype], quantize=mode, quantize_group_size=group)
 
 
 def paired(diff: torch.Tensor) -> dict[str, float]:

@@ -14,17 +14,20 @@ import time
 import torch
 
 VARIANT_HELP = (
-    "comma-separated variants to compare, the first being the baseline: none (the --dtype "
-    "model), int8, int4, or int4:G for group size G (e.g. none,int8,int4,int4:64)"
+    "comma-separated variants to compare, the first being the baseline: none (unquantised), "
+    "int8, int4, or int4:G for group size G, each optionally @DTYPE to override --dtype "
+    "(e.g. none@float32,int8@bfloat16,int4)"
 )
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def parse_variant(text: str) -> tuple[str | None, int]:
-    """'none' -> (None, 32); 'int8' -> ('int8', 32); 'int4:64' -> ('int4', 64)."""
-    mode, _, group = text.strip().partition(":")
-    if mode not in ("none", "int8", "int4"):
-        raise ValueError(f"unknown quantisation variant {text!r} (none, int8, int4, int4:G)")
-    return (None if mode == "none" else mode), int(group or 32)
+def parse_variant(text: str, dtype: str = "bfloat16") -> tuple[str | None, int, str]:
+    """'none' -> (None, 32, dtype); 'int4:64@float32' -> ('int4', 64, 'float32')."""
+    body, _, override = text.strip().partition("@")
+    mode, _, group = body.partition(":")
+    if mode not in ("none", "int8", "int4") or (override and override not in DTYPES):
+        raise ValueError(f"unknown variant {text!r} (none|int8|int4[:G][@bfloat16|@float32])")
+    return (None if mode == "none" else mode), int(group or 32), override or dtype
 
 
 class Variant:
@@ -35,16 +38,13 @@ class Variant:
         from .offline_throughput import PROMPT
 
         self.name = name
-        mode, group = parse_variant(name)
-        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+        mode, group, dtype = parse_variant(name, args.dtype)
         start = time.perf_counter()
         model = quietstar.load(
-            args.model, dtype, args.device, quantize=mode, quantize_group_size=group
+            args.model, DTYPES[dtype], args.device, quantize=mode, quantize_group_size=group
         )
         self.load_s = time.perf_counter() - start
-        config = EngineConfig(
-            model=args.model, dtype=args.dtype, device=args.device, max_num_seqs=8
-        )
+        config = EngineConfig(model=args.model, dtype=dtype, device=args.device, max_num_seqs=8)
         self.engine = Engine(config, model=model)
         self.prompt = model.tokenizer.encode(PROMPT)
         self.ids = 0

@@ -181,6 +181,13 @@ def quantize_model(model, spec: QuantSpec) -> None:
         raise ValueError("quantise before fusing: this model's linears are already fused/packed")
     start = time.perf_counter()
     dtype = model.dtype
+    if model.device.type == "cpu" and dtype == torch.float32:
+        # measured (torch 2.13, 3072x576): 1.2 ms at 1 row vs 0.05 ms with bf16 activations
+        log.warning(
+            "%s with float32 activations runs PyTorch's scalar CPU path (10-100x slower than "
+            "bfloat16 activations); use dtype bfloat16 for speed",
+            spec,
+        )
     for layer in backbone.layers:
         layer.self_attn.fuse()
         layer.mlp.fuse()
