@@ -149,7 +149,10 @@ def _pack_int4(q: torch.Tensor) -> torch.Tensor:
     if q.device.type == "cpu":
         return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
     nibbles = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # (N, K / 2), high nibble first
-    return torch.ops.aten._convert_weight_to_int4pack(nibbles.contiguous(), 8)
+    # the CUDA layout tiles K by 16 * innerKTiles (2, 4 or 8): the widest that divides K
+    # (the group size, >= 32, divides K, so 2 always does)
+    inner_k_tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
+    return torch.ops.aten._convert_weight_to_int4pack(nibbles.contiguous(), inner_k_tiles)
 
 
 def check_int4_kernel(device: torch.device, dtype: torch.dtype) -> None:
@@ -181,6 +184,8 @@ def quantize_model(model, spec: QuantSpec) -> None:
         raise ValueError("quantise before fusing: this model's linears are already fused/packed")
     start = time.perf_counter()
     dtype = model.dtype
+    if spec.mode == "int4":
+        check_int4_kernel(model.device, dtype)  # refuse before changing anything
     if model.device.type == "cpu" and dtype == torch.float32:
         # measured (torch 2.13, 3072x576): 1.2 ms at 1 row vs 0.05 ms with bf16 activations
         log.warning(
