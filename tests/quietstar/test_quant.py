@@ -208,3 +208,14 @@ def test_quantised_logits_close_on_cuda(mode):
     finite = torch.isfinite(ref)
     diff = (out - ref)[finite].abs().max()
     assert diff <= LOGIT_BOUNDS[mode] * ref[finite].abs().max() + 0.05
+
+
+def test_bench_variant_names():
+    from benchmarks.quant_throughput import parse_variant
+
+    assert parse_variant("none") == (None, 32, "bfloat16")
+    assert parse_variant("int4:64@float32") == ("int4", 64, "float32")
+    assert parse_variant("int8", "float32") == ("int8", 32, "float32")
+    for bad in ("int3", "int8@float16"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            parse_variant(bad)
