@@ -42,7 +42,7 @@ def layers(weight: torch.Tensor) -> dict[str, torch.nn.Module]:
     bf16.weight = torch.nn.Parameter(weight.bfloat16(), requires_grad=False)
     try:
         packed = PackedLinear(bf16)
-    except RuntimeError:  # no oneDNN bf16 packing on this ISA (AVX2): the plain layer, as the engine
+    except RuntimeError:  # no oneDNN bf16 packing on AVX2: the plain layer, as the engine does
         packed = bf16
     return {
         "fp32": linear,
