@@ -18,6 +18,8 @@ import torch
 
 from quietstar.dtypes import DTYPE_CHOICES, cpu_flags, probe_cpu, resolve_dtype
 
+from . import quant_throughput
+
 PROMPT = (
     "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
     "May. How many clips did Natalia sell altogether in April and May?\nA:"
@@ -34,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone dtype (auto: what `quietstar serve` picks on this device)",
     )
     p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="weight-only quantisation of the engine's model (default: none)",
+    )
+    p.add_argument(
+        "--quantize-group-size", type=int, default=32, help="int4 only: columns per scale/zero"
+    )
+    p.add_argument(
+        "--compare-quantize", default=None, metavar="LIST", help=quant_throughput.VARIANT_HELP
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--tokens", type=int, default=64, help="visible tokens per thoughts-off run")
     p.add_argument("--thought-tokens", type=int, default=8, help="L for the thoughts-on runs")
@@ -59,12 +73,20 @@ class Bench:
         from server.engine import Engine, EngineConfig
 
         self.args = args
-        self.model = quietstar.load(args.model, args.dtype, args.device)
+        self.model = quietstar.load(
+            args.model,
+            args.dtype,
+            args.device,
+            quantize=args.quantize,
+            quantize_group_size=args.quantize_group_size,
+        )
         self.engine = Engine(
             EngineConfig(
                 model=args.model,
                 dtype=args.dtype,
                 device=args.device,
+                quantize=args.quantize,
+                quantize_group_size=args.quantize_group_size,
                 max_model_len=2048,
                 max_num_seqs=8,
             ),
@@ -222,6 +244,7 @@ def environment(args) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -231,6 +254,7 @@ def environment(args) -> dict:
         "device": args.device,
         "cpu_flags": cpu_flags(),
         "cpu_kernels": probe_cpu().describe(),
+        "quantize": args.compare_quantize or args.quantize,
     }
 
 
@@ -244,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = measure(Bench(args))
+    if args.compare_quantize:
+        rows, table = quant_throughput.measure(args), quant_throughput.markdown
+    else:
+        rows, table = measure(Bench(args)), markdown
     env = environment(args)
-    print(markdown(rows))
+    print(table(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")

@@ -234,6 +234,8 @@ def load(
     dtype: torch.dtype | str = "auto",
     device: str | torch.device = "cpu",
     heads: str | os.PathLike | None = None,
+    quantize: str | None = None,
+    quantize_group_size: int = 32,
 ) -> QuietStarModel:
     """Load `default`, one of our checkpoints, the release layout, or a plain HF Llama-family
     model (fresh heads, w == 0). The tokenizer is attached as `model.tokenizer`.
@@ -244,7 +246,15 @@ def load(
 
     `heads`: a directory with `quietstar_config.json` + `quietstar.safetensors` whose Quiet-STaR
     tensors replace the checkpoint's own. `default` uses the heads shipped with the package, when
-    there are any (`quietstar/default_heads/`)."""
+    there are any (`quietstar/default_heads/`).
+
+    `quantize`: "int8" or "int4" (groups of `quantize_group_size`) makes an inference-only model
+    with weight-only quantised backbone linears (quietstar/quant.py); None keeps full precision."""
+    spec = None
+    if quantize is not None:
+        from .quant import QuantSpec
+
+        spec = QuantSpec(quantize, quantize_group_size)  # validate before the slow load
     if str(path) == "default":
         from .default_model import bundled_default_heads, default_model_dir
 
@@ -254,7 +264,7 @@ def load(
         directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such model directory")
-    choice = resolve_dtype(dtype, device)
+    choice = resolve_dtype(dtype, device, quantized=quantize is not None)
     if choice.requested == "auto":
         log.info("dtype auto -> %s (%s)", choice.name, choice.reason)
     backbone, info = load_backbone(directory, choice.dtype, torch.device(device))
@@ -286,6 +296,10 @@ def load(
             directory,
         )
     model.eval()
+    if spec is not None:
+        from .quant import quantize_model
+
+        quantize_model(model, spec)
     return model
 
 

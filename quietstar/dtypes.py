@@ -57,10 +57,14 @@ class DtypeChoice:
 
 
 def resolve_dtype(
-    requested: str | torch.dtype, device: str | torch.device = "cpu", caps: CpuCaps | None = None
+    requested: str | torch.dtype,
+    device: str | torch.device = "cpu",
+    caps: CpuCaps | None = None,
+    quantized: bool = False,
 ) -> DtypeChoice:
     """`auto` -> the dtype this device runs fastest for a server's mixed work; an explicit dtype
-    (name or torch.dtype) is kept as it is. `caps` replaces the probe (tests fake CPUs with it)."""
+    (name or torch.dtype) is kept as it is. `caps` replaces the probe (tests fake CPUs with it).
+    `quantized`: the weights are int8/int4 and the dtype is that of the activations."""
     if isinstance(requested, torch.dtype):
         requested = str(requested).removeprefix("torch.")
     if requested != "auto":
@@ -75,6 +79,8 @@ def resolve_dtype(
     if kind != "cpu":
         return DtypeChoice(torch.float32, "auto", f"{kind} device: float32, the safe default")
     caps = caps or probe_cpu()
+    if quantized:  # PyTorch's int8/int4 CPU kernels take fp32 activations on a scalar path
+        return DtypeChoice(torch.bfloat16, "auto", "quantised weights: the CPU kernels want bf16")
     if caps.onednn_bf16:
         return DtypeChoice(torch.bfloat16, "auto", f"{caps.describe()}: bf16 matmuls are native")
     return DtypeChoice(

@@ -42,6 +42,7 @@ class QuietStarModel(nn.Module):
             "masked_token_ids", torch.tensor(masked, dtype=torch.long), persistent=False
         )
         self.tokenizer = None  # attached by the loader
+        self.quantization = None  # a quant.QuantSpec once quant.quantize_model has run
 
     @property
     def dtype(self) -> torch.dtype:

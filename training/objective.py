@@ -80,6 +80,11 @@ def thought_seed(seed: int, step: int, rank: int) -> int:
 class QuietStarObjective(nn.Module):
     def __init__(self, model: QuietStarModel, cfg: TrainConfig, lora: LoraAdapters | None = None):
         super().__init__()
+        if model.quantization is not None:
+            raise ValueError(
+                f"cannot train a quantised model ({model.quantization}): its backbone weights are "
+                "integer buffers without gradients; load it without quantize"
+            )
         self.model = model
         self.lora = lora
         self.cfg = cfg

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 # quietstar.dtypes.DTYPE_CHOICES, spelled out: the API process reads this config and must not
 # import torch (tests/quietstar/test_dtypes.py keeps the two equal).
 DTYPE_CHOICES = ("auto", "bfloat16", "float32", "float16")
+QUANT_MODES = ("int8", "int4")  # quietstar.quant's, spelled out for the same reason
+INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,20 @@ class EngineConfig:
         },
     )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N"})
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "weight-only quantisation of the backbone linears, done once at load: int8 "
+            "(per output channel) or int4 (grouped; refused on devices without a PyTorch int4 "
+            "kernel); activations stay in --dtype, the mixing head and meta vectors in fp32 "
+            "(default: none)",
+            "choices": QUANT_MODES,
+        },
+    )
+    quantize_group_size: int = field(
+        default=32,
+        metadata={"help": f"int4 only: input columns per scale/zero, one of {INT4_GROUP_SIZES}"},
+    )
     max_model_len: int = field(
         default=2048,
         metadata={"help": "context limit in visible tokens (capped by the model's own)"},
@@ -50,6 +66,12 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {self.dtype!r}")
+        if self.quantize is not None and self.quantize not in QUANT_MODES:
+            raise ValueError(f"quantize must be one of {QUANT_MODES}, got {self.quantize!r}")
+        if self.quantize == "int4" and self.quantize_group_size not in INT4_GROUP_SIZES:
+            raise ValueError(
+                f"int4 group size must be one of {INT4_GROUP_SIZES}, got {self.quantize_group_size}"
+            )
         for name in ("max_model_len", "max_num_seqs", "max_parallel_thoughts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

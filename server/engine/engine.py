@@ -32,7 +32,13 @@ class Engine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
-        self.model = model or quietstar.load(config.model, config.dtype, config.device)
+        self.model = model or quietstar.load(
+            config.model,
+            config.dtype,
+            config.device,
+            quantize=config.quantize,
+            quantize_group_size=config.quantize_group_size,
+        )
         choice = getattr(self.model, "dtype_choice", None)
         self.dtype_reason = choice.reason if choice else "the model was loaded by the caller"
         self.model.requires_grad_(False)

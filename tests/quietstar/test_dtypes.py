@@ -37,6 +37,13 @@ def test_an_explicit_dtype_always_wins(caps, asked):
     assert choice.dtype == want and choice.reason == "asked for explicitly"
 
 
+@pytest.mark.parametrize("caps", [NATIVE, EMULATED], ids=["native", "emulated"])
+def test_quantised_weights_take_bf16_activations_on_every_cpu(caps):
+    choice = resolve_dtype("auto", "cpu", caps, quantized=True)
+    assert choice.dtype == torch.bfloat16 and "quantised" in choice.reason
+    assert resolve_dtype("float32", "cpu", caps, quantized=True).dtype == torch.float32
+
+
 def test_unknown_dtype_names_the_choices():
     with pytest.raises(ValueError, match="dtype must be one of .*auto.*bfloat16"):
         resolve_dtype("fp8", "cpu", NATIVE)

@@ -1,0 +1,91 @@
+"""Does `--quantize int4` (group 32) on the default model reproduce the GGUF's own Q4_1 weights?
+`python -m benchmarks.quant_gguf_codes`.
+
+A GGUF Q4_1 block of 32 weights stores d, m (fp16) and 4-bit codes q with w = q d + m; llama.cpp
+picks d = (max - min) / 15 and m = min, the rule quietstar/quant.py uses on the (bf16)
+dequantised weights. This script decodes every Q4_1 tensor of the packaged GGUF and compares its
+codes and values with ours. Attention q/k rows are permuted by the GGUF writer, so those two are
+compared as row multisets (sorted rows), which is enough to show code identity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+BLOCK = 32
+NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def decode_q4_1(tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GGUF Q4_1 tensor -> (codes (N, K) int64, values (N, K) fp32)."""
+    K, N = (int(x) for x in tensor.shape)
+    raw = np.asarray(tensor.data).view(np.uint8).reshape(N * K // BLOCK, 20)
+    d = raw[:, 0:2].copy().view(np.float16).astype(np.float32)
+    m = raw[:, 2:4].copy().view(np.float16).astype(np.float32)
+    nibbles = raw[:, 4:]
+    q = np.concatenate([nibbles & 15, nibbles >> 4], axis=1)  # element j then j + 16
+    values = q * d + m
+    return torch.from_numpy(q.astype(np.int64)).view(N, K), torch.from_numpy(values).view(N, K)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from quietstar.default_model import default_model_dir, find_gguf
+    from quietstar.quant import dequantize_int4, quantize_int4
+
+    argparse.ArgumentParser(
+        prog="python -m benchmarks.quant_gguf_codes", description=__doc__
+    ).parse_args(argv)
+    reader = GGUFReader(find_gguf())
+    hf = safe_open(default_model_dir() / "model.safetensors", "pt")
+    same = total = 0
+    worst = 0.0
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+        if t.tensor_type.name != "Q4_1":
+            continue
+        _, layer, kind, _ = t.name.split(".")
+        codes, values = decode_q4_1(t)
+        ours, scales_zeros = quantize_int4(
+            hf.get_tensor(f"model.layers.{layer}.{NAMES[kind]}.weight"), BLOCK
+        )
+        ours = ours.long()
+        if kind in ("attn_q", "attn_k"):
+            codes, ours = codes.sort(dim=0).values, ours.sort(dim=0).values
+        else:
+            worst = max(
+                worst,
+                (dequantize_int4(ours.to(torch.uint8), scales_zeros, BLOCK) - values)
+                .abs()
+                .max()
+                .item(),
+            )
+        same += int((codes == ours).sum())
+        total += codes.numel()
+    report = {
+        "gguf_tensor_types": types,
+        "q4_1_codes_identical": same / total,
+        "q4_1_weights": total,
+        "max_abs_value_difference_fp32_scales": worst,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""`quietstar bench engine --compare-quantize none,int8,int4`: visible tok/s of quantised engines
+side by side with the unquantised one, in one process.
+
+One engine per variant on the same model; every repeat runs each variant in turn (A B C A B C),
+so machine noise hits all alike; medians are reported, with each variant's ratio to the first.
+Rows: 1 request and 8 concurrent requests, thoughts off and on (greedy, EOS ignored).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+VARIANT_HELP = (
+    "comma-separated variants to compare, the first being the baseline: none (unquantised), "
+    "int8, int4, or int4:G for group size G, each optionally @DTYPE to override --dtype "
+    "(e.g. none@float32,int8@bfloat16,int4)"
+)
+DTYPES = ("auto", "bfloat16", "float32")
+
+
+def parse_variant(text: str, dtype: str = "bfloat16") -> tuple[str | None, int, str]:
+    """'none' -> (None, 32, dtype); 'int4:64@float32' -> ('int4', 64, 'float32')."""
+    body, _, override = text.strip().partition("@")
+    mode, _, group = body.partition(":")
+    if mode not in ("none", "int8", "int4") or (override and override not in DTYPES):
+        raise ValueError(f"unknown variant {text!r} (none|int8|int4[:G][@auto|@bfloat16|@float32])")
+    return (None if mode == "none" else mode), int(group or 32), override or dtype
+
+
+class Variant:
+    def __init__(self, name: str, args):
+        import quietstar
+        from server.engine import Engine, EngineConfig
+
+        from .offline_throughput import PROMPT
+
+        self.name = name
+        mode, group, dtype = parse_variant(name, args.dtype)
+        start = time.perf_counter()
+        model = quietstar.load(
+            args.model, dtype, args.device, quantize=mode, quantize_group_size=group
+        )
+        self.load_s = time.perf_counter() - start
+        config = EngineConfig(model=args.model, dtype=dtype, device=args.device, max_num_seqs=8)
+        self.engine = Engine(config, model=model)
+        self.prompt = model.tokenizer.encode(PROMPT)
+        self.ids = 0
+
+    def run(self, n_requests: int, tokens: int, thoughts) -> float:
+        """Visible tok/s over `n_requests` concurrent requests of `tokens` visible tokens."""
+        from server.engine import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=tokens, temperature=0, ignore_eos=True, thoughts=thoughts
+        )
+        for _ in range(n_requests):
+            self.ids += 1
+            self.engine.add_request(f"q{self.ids}", self.prompt, params)
+        start = time.perf_counter()
+        while self.engine.has_unfinished():
+            self.engine.step()
+        return n_requests * tokens / (time.perf_counter() - start)
+
+
+def measure(args) -> list[dict]:
+    from server.engine import ThoughtParams
+
+    names = [v.strip() for v in args.compare_quantize.split(",") if v.strip()]
+    variants = [Variant(name, args) for name in names]
+    off = ThoughtParams()
+    on = ThoughtParams(enabled=True, num_tokens=args.thought_tokens)
+    cases = [
+        ("1 request, thoughts off", 1, args.tokens, off),
+        (f"1 request, thoughts on (L={args.thought_tokens})", 1, args.think_tokens, on),
+        ("8 requests, thoughts off", 8, args.tokens, off),
+        (f"8 requests, thoughts on (L={args.thought_tokens})", 8, args.think_tokens, on),
+    ]
+    for v in variants:  # warm-up
+        v.run(1, 4, off)
+    rows = []
+    for case, n, tokens, thoughts in cases:
+        rates: dict[str, list[float]] = {v.name: [] for v in variants}
+        for _ in range(args.repeats):
+            for v in variants:
+                rates[v.name].append(v.run(n, tokens, thoughts))
+        base = statistics.median(rates[variants[0].name])
+        for v in variants:
+            med = statistics.median(rates[v.name])
+            spread = (max(rates[v.name]) - min(rates[v.name])) / med
+            row = dict(case=case, variant=v.name, tok_s=med, ratio=med / base, spread=spread)
+            print(
+                f"{case} | {v.name}: {med:.2f} visible tok/s, {med / base:.2f}x "
+                f"(spread {spread:.0%})",
+                flush=True,
+            )
+            rows.append(row)
+    for v in variants:
+        rows.append(dict(case="load + quantise seconds", variant=v.name, tok_s=v.load_s))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| case | variant | visible tok/s | ÷ baseline | spread |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "ratio" in r:
+            lines.append(
+                f"| {r['case']} | {r['variant']} | {r['tok_s']:.2f} | {r['ratio']:.2f} "
+                f"| {r['spread']:.0%} |"
+            )
+        else:
+            lines.append(f"| {r['case']} | {r['variant']} | {r['tok_s']:.1f} s | | |")
+    return "\n".join(lines)

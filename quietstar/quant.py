@@ -1,0 +1,223 @@
+"""Weight-only quantisation of the backbone's linear layers (int8 per output channel, int4 grouped).
+
+Activations stay in the compute dtype; the matmuls are PyTorch's own weight-only kernels
+(`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm[_for_cpu]`, the ones gpt-fast and torchao
+call). The mixing head and the start/end vectors stay fp32 (they are tiny and feed the mixing
+weight w directly); the embedding table stays in the compute dtype (a lookup reads one row). The
+LM head is int8 in both modes: an int4 head cost the default model 0.035 nats of held-out NLL for
+6 % of batch-1 speed (benchmarks/RESULTS.md), and the GGUF it ships as keeps it at 8 bits too.
+A quantised model is inference-only: its projections are fused and it has no weight parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+QUANT_MODES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what both int4 kernels accept
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    mode: str  # "int8" or "int4"
+    group_size: int = 32  # int4 only: input columns sharing one scale and zero
+
+    def __post_init__(self):
+        if self.mode not in QUANT_MODES:
+            raise ValueError(f"quantize must be one of {QUANT_MODES}, got {self.mode!r}")
+        if self.mode == "int4" and self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(
+                f"int4 group size must be one of {INT4_GROUP_SIZES}, got {self.group_size}"
+            )
+
+    def __str__(self) -> str:
+        return self.mode if self.mode == "int8" else f"int4 (group {self.group_size})"
+
+
+# ---------------------------------------------------------------- the number formats
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel: w (N, K) -> q int8 (N, K), scales fp32 (N,); w ~ q * s."""
+    w = w.float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return q.float() * scales.float()[:, None]
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric per group of `group_size` input columns: w (N, K) -> q uint8 in [0, 15] (N, K),
+    scales_zeros fp32 (K / G, N, 2) with w ~ (q - 8) * scale + zero (the kernels' layout; a GGUF
+    Q4_1 block w = q * d + m is scale = d, zero = m + 8 d)."""
+    N, K = w.shape
+    g = w.float().reshape(N, K // group_size, group_size)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)  # (N, K / G)
+    scale = (hi - lo).clamp(min=1e-12) / 15
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8)
+    zero = lo + 8 * scale
+    return q.reshape(N, K), torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+
+
+def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    N, K = q.shape
+    scale, zero = scales_zeros.float().transpose(0, 1).unbind(-1)  # (N, K / G) each
+    g = (q.reshape(N, K // group_size, group_size).float() - 8) * scale[..., None]
+    return (g + zero[..., None]).reshape(N, K)
+
+
+# ---------------------------------------------------------------- the layers
+
+
+class Int8Linear(nn.Module):
+    """y = (x @ q^T) * s + b, computed by aten._weight_int8pack_mm in x's dtype (fp32 accumulate)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scales = quantize_int8(weight)
+        self.register_buffer("weight", q)  # (N, K) int8
+        self.register_buffer("scales", scales.to(dtype))  # (N,)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_int8(self.weight, self.scales)
+
+
+class Int4Linear(nn.Module):
+    """Grouped asymmetric int4 through the device's tinygemm-layout kernel. Output rows are padded
+    to a multiple of 16 (the CPU packing's requirement) and cut off again after the matmul."""
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, group_size: int
+    ):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.group_size = group_size
+        self.is_cpu = weight.device.type == "cpu"
+        check_int4_kernel(weight.device, dtype)
+        if self.in_features % group_size:
+            raise ValueError(
+                f"int4 group size {group_size} does not divide a layer's {self.in_features} input "
+                f"features; choose one of {[g for g in INT4_GROUP_SIZES if self.in_features % g == 0]}"
+            )
+        pad = -self.out_features % 16
+        w = torch.cat([weight, weight.new_zeros(pad, self.in_features)]) if pad else weight
+        q, scales_zeros = quantize_int4(w, group_size)
+        self.register_buffer("packed", _pack_int4(q))
+        self.register_buffer("scales_zeros", scales_zeros.to(dtype))  # (K / G, N, 2)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._matmul(x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat (M, K) -> (M, N) without the bias."""
+        mm = (
+            torch.ops.aten._weight_int4pack_mm_for_cpu
+            if self.is_cpu
+            else torch.ops.aten._weight_int4pack_mm
+        )
+        return mm(flat, self.packed, self.group_size, self.scales_zeros)[:, : self.out_features]
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight the kernel multiplies by, (N, K) fp32: the kernel applied to the identity."""
+        eye = torch.eye(self.in_features, dtype=self.scales_zeros.dtype, device=self.packed.device)
+        return self._matmul(eye).float().T
+
+
+def _pack_int4(q: torch.Tensor) -> torch.Tensor:
+    if q.device.type == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    nibbles = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)  # (N, K / 2), high nibble first
+    # the CUDA layout tiles K by 16 * innerKTiles (2, 4 or 8): the widest that divides K
+    # (the group size, >= 32, divides K, so 2 always does)
+    inner_k_tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
+    return torch.ops.aten._convert_weight_to_int4pack(nibbles.contiguous(), inner_k_tiles)
+
+
+def check_int4_kernel(device: torch.device, dtype: torch.dtype) -> None:
+    """Raise ValueError naming the device when PyTorch has no int4 weight-only kernel for it."""
+    if device.type == "cpu":
+        if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            raise ValueError(f"this PyTorch ({torch.__version__}) has no int4 kernel for the CPU")
+        return
+    if device.type == "cuda":
+        if dtype != torch.bfloat16:
+            raise ValueError(f"int4 on {device} needs dtype bfloat16 (the kernel's), got {dtype}")
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            name = torch.cuda.get_device_name(device)
+            raise ValueError(
+                f"no int4 kernel for {device} ({name}): it needs compute capability 8.0+"
+            )
+        return
+    raise ValueError(f"no int4 weight-only kernel for device {device}; use --quantize int8 or none")
+
+
+# ---------------------------------------------------------------- the model
+
+
+def quantize_model(model, spec: QuantSpec) -> None:
+    """Fuse the backbone's projections and replace every linear of the backbone by its quantised
+    form (the LM head by int8), in place. The mixing head and meta vectors stay fp32."""
+    backbone = model.backbone
+    if backbone.is_fused:
+        raise ValueError("quantise before fusing: this model's linears are already fused/packed")
+    start = time.perf_counter()
+    dtype = model.dtype
+    if spec.mode == "int4":
+        check_int4_kernel(model.device, dtype)  # refuse before changing anything
+    if model.device.type == "cpu" and dtype == torch.float32:
+        # measured (torch 2.13, 3072x576): 1.2 ms at 1 row vs 0.05 ms with bf16 activations
+        log.warning(
+            "%s with float32 activations runs PyTorch's scalar CPU path (10-100x slower than "
+            "bfloat16 activations); use dtype bfloat16 for speed",
+            spec,
+        )
+    for layer in backbone.layers:
+        layer.self_attn.fuse()
+        layer.mlp.fuse()
+    count = _replace_linears(backbone, spec, dtype)
+    backbone.is_fused = True
+    model.quantization = spec
+    log.info("quantised %d linears to %s in %.1f s", count, spec, time.perf_counter() - start)
+
+
+def _replace_linears(module: nn.Module, spec: QuantSpec, dtype: torch.dtype) -> int:
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            weight, bias = child.weight.detach(), child.bias
+            if spec.mode == "int8" or name == "lm_head":
+                new = Int8Linear(weight, bias, dtype)
+            else:
+                new = Int4Linear(weight, bias, dtype, spec.group_size)
+            setattr(module, name, new)
+            count += 1
+        else:
+            count += _replace_linears(child, spec, dtype)
+    return count
+
+
+def quantized_linears(model) -> dict[str, Int8Linear | Int4Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
