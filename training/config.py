@@ -105,11 +105,13 @@ class TrainConfig:
         "(each is duplicated n_passes times inside the step)",
     )
     seed: int = _opt(42, "optimisation", "seed for data order, windows, thoughts and init")
-    bf16_autocast: bool = _opt(
-        False,
+    dtype: str = _opt(
+        "auto",
         "optimisation",
-        "bf16 autocast for the forward (CUDA only); "
-        "weights and optimizer stay fp32 (spec §3.7 trap avoided)",
+        "compute dtype of the forward (autocast): auto = bf16 on CUDA and on CPUs with native "
+        "bf16 matmuls, fp32 where bf16 is emulated; weights and optimizer states stay fp32 "
+        "whatever this says (spec §3.7 trap avoided)",
+        choices=("auto", "bfloat16", "float32"),
     )
     fsdp: bool = _opt(
         False,

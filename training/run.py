@@ -18,6 +18,8 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from quietstar.dtypes import CpuCaps, DtypeChoice, resolve_dtype
+
 from . import checkpointing as ckpt
 from .config import TrainConfig
 from .data import (
@@ -53,9 +55,14 @@ class Run:
 # ---------------------------------------------------------------- set-up
 
 
+def mixed_precision(cfg: TrainConfig, caps: CpuCaps | None = None) -> tuple[str, DtypeChoice]:
+    """accelerate's `mixed_precision` for `--dtype` on this machine, and the choice behind it."""
+    compute = resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu", caps)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(compute.dtype, "no"), compute
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    if cfg.bf16_autocast and not torch.cuda.is_available():
-        raise ValueError("--bf16-autocast needs a CUDA device; on CPU training runs in fp32")
+    precision, compute = mixed_precision(cfg)
     kwargs: dict[str, Any] = {}
     if cfg.fsdp:
         from accelerate import FullyShardedDataParallelPlugin
@@ -64,7 +71,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # cpu=True without CUDA: under a launcher (LOCAL_RANK set) that is MULTI_CPU, DDP on gloo.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if cfg.bf16_autocast else "no",
+        mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         **kwargs,
     )
@@ -79,10 +86,12 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             accelerator.distributed_type,
         )
     log.info(
-        "accelerate: %s, %d process(es), device %s",
+        "accelerate: %s, %d process(es), device %s; compute %s (%s), weights fp32",
         accelerator.distributed_type,
         accelerator.num_processes,
         accelerator.device,
+        compute.name,
+        compute.reason,
     )
     return accelerator
 

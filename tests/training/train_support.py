@@ -69,5 +69,7 @@ def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
         "--eval-every",
         "0",
         "--no-plot",
+        "--dtype",  # the same numbers on every CPU class (auto differs between them)
+        "float32",
         *extra,
     ]
