@@ -167,7 +167,7 @@ class Engine:
             seq.pending_token = None
             if fed_base:
                 self._after_base(seq, rows.base[seq.slot], direct_rows)
-            elif seq.thought_step >= 0:
+            if seq.thought_step >= 0 and seq.slot in rows.thoughts:  # START fused with the base
                 self._advance_thought(seq, rows.thoughts[seq.slot], sample_rows, mix_rows)
         self._emit_direct(direct_rows)
         self._sample_thoughts(sample_rows)
