@@ -12,7 +12,7 @@ from tests.engine.engine_support import make_engine, prompt_ids, tiny_model
 
 def params(max_tokens: int, L: int | None, K: int = 1) -> SamplingParams:
     """L None: thoughts off."""
-    thoughts = ThoughtParams(enabled=L is not None, num_tokens=L, count=K)
+    thoughts = ThoughtParams(enabled=L is not None, num_tokens=L, num_thoughts=K)
     return SamplingParams(
         max_tokens=max_tokens, temperature=1.0, seed=3, ignore_eos=True, thoughts=thoughts
     )
