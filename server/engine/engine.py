@@ -13,7 +13,6 @@ import logging
 import torch
 
 import quietstar
-from quietstar.parallel import parallel_thought_forward
 
 from .config import EngineConfig
 from .kv_cache import KVCache
@@ -22,6 +21,7 @@ from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampler import SamplingBatch, draw_uniforms, sample_thoughts, sample_visible
 from .sampling_params import SamplingParams, ThoughtParams
 from .scheduler import Scheduler
+from .scoring import score_prompt
 from .sequence import Action, Detokenizer, Sequence
 from .validation import RequestValidator
 
@@ -296,31 +296,6 @@ class Engine:
         """Thought-aided log-prob of every prompt token, all positions in L+2 batched passes
         (spec §3.4); K thoughts per position average their probabilities."""
         self.validator.check_scoring(prompt_ids, thoughts)
-        ids = torch.tensor([prompt_ids], device=self.model.device)
-        if thoughts.enabled:
-            L = self.validator.thought_len(thoughts)
-            gen = torch.Generator(device=self.model.device).manual_seed(
-                self.config.seed if seed is None else seed
-            )
-            out = parallel_thought_forward(
-                self.model,
-                ids.expand(thoughts.num_thoughts, -1),
-                L,
-                n_talk=1,
-                temperature=thoughts.temperature,
-                generator=gen,
-            )
-            logprobs = torch.softmax(out.mixed_logits[0], -1).mean(0).log()
-            num_thought = thoughts.num_thoughts * L * len(prompt_ids)
-        else:
-            positions = torch.arange(len(prompt_ids), device=ids.device)[None]
-            h = self.model.hidden(ids, positions, quietstar.llama.DenseCausalAttention())
-            logprobs, num_thought = torch.log_softmax(self.model.logits(h)[0], -1), 0
-        targets = logprobs[:-1].gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
-        tops: list = [None]
-        if top_logprobs:
-            values, idx = logprobs[:-1].topk(top_logprobs, dim=-1)
-            tops += [list(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
-        else:
-            tops += [None] * (len(prompt_ids) - 1)
-        return ScoreOutput(list(prompt_ids), [None] + targets, tops, num_thought)
+        L = self.validator.thought_len(thoughts)
+        seed = self.config.seed if seed is None else seed
+        return score_prompt(self.model, prompt_ids, thoughts, L, top_logprobs, seed)
