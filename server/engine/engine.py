@@ -185,7 +185,7 @@ class Engine:
         temperature = [s.params.thoughts.temperature for s, k in zip(seqs, lanes) for _ in range(k)]
         tokens = sample_thoughts(
             self.model.logits(h[rows]),  # (sum K, V)
-            torch.tensor(temperature, device=h.device),
+            None if set(temperature) == {1.0} else torch.tensor(temperature, device=h.device),
             draw_uniforms(seqs, lanes, h.device),
         ).tolist()
         start = 0

@@ -119,11 +119,20 @@ def test_uniforms_are_a_pure_well_spread_function():
     assert abs(float(lane.mean()) - 0.5) < 0.005
 
 
-def test_thought_sampler_is_the_inverse_cdf_at_temperature():
+@pytest.mark.parametrize("temperature", [None, [1.0, 0.5, 2.0, 1.0, 0.7]])
+def test_thought_sampler_is_the_inverse_cdf_at_temperature(temperature):
     g = torch.Generator().manual_seed(2)
-    logits = torch.randn(5, V, generator=g)
-    temperature, u = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.7]), torch.rand(5, generator=g)
-    got = sample_thoughts(logits, temperature, u)
+    logits = torch.randn(5, V, generator=g) * 4
+    logits[:, 3] = float("-inf")  # a masked meta-token
+    u = torch.rand(5, generator=g)
+    t = torch.ones(5) if temperature is None else torch.tensor(temperature)
+    got = sample_thoughts(logits.clone(), None if temperature is None else t, u)
     for i in range(5):
-        probs = torch.softmax(logits[i] / temperature[i], -1)
+        probs = torch.softmax(logits[i] / t[i], -1)
         assert int(got[i]) == int(sample_with_uniform(probs, u[i]))
+    draws = sample_thoughts(
+        logits[:1].expand(20000, V).clone(), None, torch.rand(20000, generator=g)
+    )
+    freq = torch.bincount(draws, minlength=V).float() / len(draws)
+    assert freq[3] == 0
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
