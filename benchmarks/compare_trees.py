@@ -1,4 +1,4 @@
-"""`python -m benchmarks.compare_trees A B`: the engine of two source trees side by side.
+"""`python -m benchmarks.compare_trees A B ...`: the engine of several source trees side by side.
 
 Each measurement runs in a fresh subprocess per tree (the trees share module names), alternated
 A B A B ... so machine noise hits both alike; the median over repeats is printed with the spread.
@@ -69,7 +69,7 @@ print(json.dumps({
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_trees", description=__doc__)
-    p.add_argument("trees", nargs=2, help="two source trees (repository roots)")
+    p.add_argument("trees", nargs="+", help="source trees (repository roots), first the baseline")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--tokens", type=int, default=48, help="visible tokens, thoughts off")
