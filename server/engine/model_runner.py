@@ -159,7 +159,9 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> DecodeOutput:
         padded = bucket_for(len(seqs), self.buckets) if self.pad else None
-        inp = prepare_decode(seqs, self.cache, padded).to(self.device)
+        inp = prepare_decode(seqs, self.cache, padded)  # built on the host
+        if self.device.type != "cpu":
+            inp = inp.to(self.device)
         if self.graphs is not None:
             h = self.graphs.run(inp.ids, inp.positions, inp.batch)
         else:
