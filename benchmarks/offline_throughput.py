@@ -160,7 +160,7 @@ def measure(b: Bench) -> list[dict]:
         )
     )
     on1 = ThoughtParams(enabled=True, num_tokens=L)
-    on4 = ThoughtParams(enabled=True, num_tokens=L, count=4)
+    on4 = ThoughtParams(enabled=True, num_tokens=L, num_thoughts=4)
     t1, t4, t_off = alternate(
         a.repeats,
         lambda: b.run(1, a.think_tokens, on1),

@@ -15,7 +15,12 @@ def sample_categorical(
 ) -> torch.Tensor:
     """probs (..., V), non-negative with a positive sum per row (need not be normalised) ->
     indices (...). Zero-probability entries are never drawn."""
+    u = torch.rand(probs.shape[:-1], generator=generator, device=probs.device)
+    return sample_with_uniform(probs, u)
+
+
+def sample_with_uniform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """probs (..., V) as above, u (...) uniform in [0, 1) -> indices (...): the inverse CDF at u."""
     cdf = probs.float().cumsum(dim=-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device) * cdf[..., -1:]
-    index = torch.searchsorted(cdf, u, right=True)
+    index = torch.searchsorted(cdf, u[..., None] * cdf[..., -1:], right=True)
     return index.clamp(max=probs.shape[-1] - 1).squeeze(-1)

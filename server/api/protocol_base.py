@@ -155,7 +155,7 @@ class EngineRequest(OpenAIModel):
         if total is not None:
             length = thoughts.num_tokens
             length = d.trained_thought_tokens if length is None else length
-            per_token = 1 + (thoughts.count * length if thoughts.enabled else 0)
+            per_token = 1 + (thoughts.num_thoughts * length if thoughts.enabled else 0)
             if total < per_token:
                 raise bad_request(
                     f"max_completion_tokens ({total}) must cover at least one "

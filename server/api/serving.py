@@ -114,7 +114,9 @@ class Serving:
         self.admission.acquire()
         endpoint = "chat" if isinstance(body, ChatCompletionRequest) else "completions"
         th = params.thoughts
-        thoughts = f"on (L={th.num_tokens or 'default'}, K={th.count})" if th.enabled else "off"
+        thoughts = (
+            f"on (L={th.num_tokens or 'default'}, K={th.num_thoughts})" if th.enabled else "off"
+        )
         log.info(
             "%s: %s, %d prompt(s), %d prompt tokens, n=%d, max_tokens=%d, thoughts %s%s",
             request_id,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 DTYPE_CHOICES = ("auto", "bfloat16", "float32", "float16")
 QUANT_MODES = ("int8", "int4")  # quietstar.quant's, spelled out for the same reason
 INT4_GROUP_SIZES = (32, 64, 128, 256)
+CUDA_GRAPHS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ class EngineConfig:
     max_parallel_thoughts: int = field(
         default=8, metadata={"help": "largest number of parallel thoughts a request may ask for"}
     )
+    cuda_graphs: str = field(
+        default="auto",
+        metadata={
+            "help": "capture the decode step as CUDA graphs (padded to a few batch sizes): "
+            "auto (on for a CUDA device, off otherwise), on (CUDA only), off"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for requests that give none"})
     num_threads: int | None = field(
         default=None,
@@ -75,8 +83,21 @@ class EngineConfig:
         for name in ("max_model_len", "max_num_seqs", "max_parallel_thoughts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cuda_graphs not in CUDA_GRAPHS:
+            raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPHS}, got {self.cuda_graphs!r}")
+        if self.cuda_graphs == "on" and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"cuda_graphs 'on' needs a CUDA device, got device {self.device!r} "
+                "(use 'auto' or 'off')"
+            )
         if self.max_thought_tokens < 0:
             raise ValueError(f"max_thought_tokens must be >= 0, got {self.max_thought_tokens}")
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.cuda_graphs == "on" or (
+            self.cuda_graphs == "auto" and self.device.startswith("cuda")
+        )
 
     @property
     def max_thought_len(self) -> int:

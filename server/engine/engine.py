@@ -1,7 +1,8 @@
 """Engine: add_request / step / abort / has_unfinished, plus parallel scoring.
 
-step() = admit+prefill -> decode one step for every running sequence -> postprocess (sample
-thought tokens, mix at END, sample visible tokens, crop thought K/V) -> release finished slots.
+step() = schedule (admit) -> run (prefill new sequences, one decode step for every running one)
+-> postprocess (each sequence advances its thought state machine; one batched call samples all
+thought rows, one mixes, one samples all visible rows) -> release finished slots.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import logging
 import torch
 
 import quietstar
-from quietstar.parallel import parallel_thought_forward
 
 from .config import EngineConfig
 from .kv_cache import KVCache
 from .limits import RequestLimits
-from .model_runner import ModelRunner, StepRows
+from .model_runner import DecodeOutput, ModelRunner
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
-from .sampler import sample_thoughts, sample_visible
+from .sampler import SamplingBatch, draw_uniforms, sample_thoughts, sample_visible
 from .sampling_params import SamplingParams, ThoughtParams
 from .scheduler import Scheduler
-from .sequence import Sequence
+from .scoring import score_prompt
+from .sequence import Action, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class Engine:
             self.model.dtype,
             self.model.device,
         )
-        self.runner = ModelRunner(self.model, self.cache)
+        self.runner = ModelRunner(
+            self.model, self.cache, pad=False, cuda_graphs=config.use_cuda_graphs
+        )
         self.scheduler = Scheduler(self.cache)
         self.seeds = itertools.count(config.seed)
         self.requests: dict[str, list[Sequence]] = {}
@@ -74,22 +77,26 @@ class Engine:
         return self.model.config.thought_tokens
 
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Raise RequestError naming the field when a request cannot be served."""
+        """Raise RequestError (a ValueError) naming the field when a request cannot be served."""
         self.limits.validate(prompt_ids, params)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         self.validate(prompt_ids, params)
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        th = params.thoughts
-        L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
-        seqs = []
-        for i in range(params.n):
-            seed = next(self.seeds) if params.seed is None else params.seed + i
-            gen = torch.Generator(device=self.model.device).manual_seed(seed)
-            seqs.append(
-                Sequence(f"{request_id}-{i}", request_id, i, list(prompt_ids), params, L, gen)
+        L = self.limits.thought_len(params.thoughts)
+        seqs = [
+            Sequence(
+                f"{request_id}-{i}",
+                request_id,
+                i,
+                list(prompt_ids),
+                params,
+                L,
+                next(self.seeds) if params.seed is None else params.seed + i,
             )
+            for i in range(params.n)
+        ]
         self.requests[request_id] = seqs
         for seq in seqs:
             if params.max_tokens == 0:
@@ -118,12 +125,12 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
         self.scheduler.release_finished()  # aborted since the last step
-        for seq in self.scheduler.admit():  # 1) prefill new sequences
-            self._after_base(seq, self.runner.prefill(seq))
-        self.scheduler.release_finished()
-        if self.scheduler.running:  # 2) one step for every running sequence
-            self._postprocess(self.runner.decode(self.scheduler.running))
-        self.scheduler.release_finished()  # 3) free slots of finished sequences
+        if admitted := self.scheduler.admit():  # 1) prefill new sequences
+            self._postprocess_prefill(admitted, self.runner.prefill(admitted))
+            self.scheduler.release_finished()  # finished at their first token
+        if running := self.scheduler.running:  # 2) one decode step for every running sequence
+            self._postprocess(running, self.runner.decode(running))
+        self.scheduler.release_finished()  # 3) free the slots of finished sequences
         return self._collect()
 
     def check_integrity(self) -> None:
@@ -131,105 +138,110 @@ class Engine:
 
     # ------------------------------------------------------------------ postprocess
 
-    def _postprocess(self, rows: StepRows) -> None:
-        direct_rows, sample_rows, mix_rows = [], [], []
-        for seq in self.scheduler.running:
-            fed_base = seq.pending_token is not None
-            seq.pending_token = None
-            if fed_base:
-                self._after_base(seq, rows.base[seq.slot], direct_rows)
-            elif seq.thought_step >= 0:
-                self._advance_thought(seq, rows.thoughts[seq.slot], sample_rows, mix_rows)
-        self._emit_direct(direct_rows)
-        self._sample_thoughts(sample_rows)
-        self._mix_and_emit(mix_rows)
+    def _postprocess_prefill(self, seqs: list[Sequence], h: torch.Tensor) -> None:
+        """h (S, d): each prompt's last hidden state, the h_base of its first visible token."""
+        direct = []
+        for i, seq in enumerate(seqs):
+            seq.h_base = h[i]
+            if seq.after_prefill() == Action.SAMPLE_VISIBLE:
+                direct.append(i)
+            else:
+                self.cache.branch(seq.slot)
+        if direct:
+            logprobs = torch.log_softmax(self.model.logits(h[direct]), dim=-1)
+            self._sample_visible([seqs[i] for i in direct], logprobs)
 
-    def _after_base(self, seq: Sequence, h: torch.Tensor, direct_rows: list | None = None) -> None:
-        """A visible token (or the prompt) was fed: think, or sample the next token directly
-        (queued in `direct_rows` so one LM-head matmul serves the whole batch)."""
-        seq.h_base = h
-        if seq.is_thinking:
-            if seq.thought_step < 0:
-                self._begin_thought(seq)
+    def _postprocess(self, seqs: list[Sequence], out: DecodeOutput) -> None:
+        """Each sequence's state machine says what its rows are for; one batched call each."""
+        groups: dict[Action, list] = {a: [] for a in Action}
+        for seq, span in zip(seqs, out.spans):
+            if span.base is not None:
+                seq.h_base = out.h[span.base]
+            groups[seq.advance()].append((seq, span))
+        self._sample_thoughts(groups[Action.SAMPLE_THOUGHT], out.h)
+        direct, mixed = groups[Action.SAMPLE_VISIBLE], groups[Action.MIX]
+        if not direct and not mixed:
             return
-        if direct_rows is None:
-            self._emit_direct([(seq, h)])
-        else:
-            direct_rows.append((seq, h))
-
-    def _emit_direct(self, rows) -> None:
-        if not rows:
-            return
-        logprobs = torch.log_softmax(self.model.logits(torch.stack([h for _, h in rows])), dim=-1)
-        for (seq, _), row in zip(rows, logprobs):
-            self._emit(seq, row, None, None)
-
-    def _advance_thought(self, seq, h, sample_rows, mix_rows) -> None:
-        t, L = seq.thought_step, seq.num_thought_tokens_per_step
-        if t < L:
-            sample_rows.append((seq, h))
-        elif t == L + 1:
-            mix_rows.append((seq, h))
-            return
-        seq.thought_step += 1
-
-    def _sample_thoughts(self, rows) -> None:
-        if not rows:
-            return
-        logits = self.model.logits(torch.cat([h for _, h in rows]))  # (sum K, V)
-        start = 0
-        for seq, h in rows:
-            part = logits[start : start + len(h)]
-            start += len(h)
-            tokens = sample_thoughts(part, seq.params.thoughts.temperature, seq.generator)
-            for ids, token in zip(seq.thought_ids, tokens):
-                ids.append(token)
-            seq.num_thought_tokens += len(tokens)
-
-    def _mix_and_emit(self, rows) -> None:
-        if not rows:
-            return
-        h_post = torch.cat([h for _, h in rows])
-        h_base = torch.cat([seq.h_base.expand(len(h), -1) for seq, h in rows])
-        logits, w = self.model.mix(h_base, h_post)  # (sum K, V), (sum K, 1)
-        start = 0
-        for seq, h in rows:
-            k = len(h)
-            probs = torch.softmax(logits[start : start + k], dim=-1).mean(0)  # K > 1: mean of K
-            weights = w[start : start + k, 0].tolist()
-            start += k
-            thoughts = seq.thought_ids
+        logprobs, weights = [], []
+        if direct:
+            h_base = out.h[[span.base for _, span in direct]]
+            logprobs.append(torch.log_softmax(self.model.logits(h_base), dim=-1))
+        if mixed:
+            mixed_logprobs, weights = self._mix(mixed, out.h)
+            logprobs.append(mixed_logprobs)
+        thoughts = [None] * len(direct) + [seq.end_thought() for seq, _ in mixed]
+        for seq, _ in mixed:
             self.cache.crop(seq.slot)
-            seq.thought_step = -1
-            self._emit(seq, probs.log(), thoughts, weights)
+        seqs = [seq for seq, _ in direct + mixed]
+        weights = [None] * len(direct) + weights
+        self._sample_visible(seqs, torch.cat(logprobs), thoughts, weights)
 
-    def _emit(self, seq: Sequence, logprobs, thoughts, weights) -> None:
-        s = sample_visible(logprobs, seq.params, seq.generator, seq.token_counts)
-        seq.output_ids.append(s.token_id)
-        seq.token_counts[s.token_id] = seq.token_counts.get(s.token_id, 0) + 1
+    def _sample_thoughts(self, group: list, h: torch.Tensor) -> None:
+        if not group:
+            return
+        seqs = [seq for seq, _ in group]
+        rows = [i for _, span in group for i in span.thoughts]
+        lanes = [len(span.thoughts) for _, span in group]
+        temperature = [s.params.thoughts.temperature for s, k in zip(seqs, lanes) for _ in range(k)]
+        tokens = sample_thoughts(
+            self.model.logits(h[rows]),  # (sum K, V)
+            None if set(temperature) == {1.0} else torch.tensor(temperature, device=h.device),
+            draw_uniforms(seqs, lanes, h.device),
+        ).tolist()
+        start = 0
+        for seq, k in zip(seqs, lanes):
+            seq.append_thought_tokens(tokens[start : start + k])
+            start += k
+
+    def _mix(self, group: list, h: torch.Tensor) -> tuple[torch.Tensor, list[list[float]]]:
+        """Blend each END row with its sequence's h_base (spec §2.3); K > 1 thoughts average
+        their probabilities. -> (S, V) log-probs, and each sequence's K mixing weights."""
+        rows = [i for _, span in group for i in span.thoughts]
+        lanes = [len(span.thoughts) for _, span in group]
+        h_base = torch.stack([seq.h_base for seq, _ in group])
+        h_base = h_base.repeat_interleave(torch.tensor(lanes, device=h.device), dim=0)
+        logits, w = self.model.mix(h_base, h[rows])  # (sum K, V), (sum K, 1)
+        probs = torch.softmax(logits, dim=-1)
+        if all(k == 1 for k in lanes):
+            mean = probs
+        else:
+            owner = torch.repeat_interleave(
+                torch.arange(len(group), device=h.device), torch.tensor(lanes, device=h.device)
+            )
+            mean = probs.new_zeros(len(group), probs.shape[-1]).index_add_(0, owner, probs)
+            mean = mean / torch.tensor(lanes, dtype=probs.dtype, device=h.device)[:, None]
+        w = w[:, 0].tolist()
+        starts = list(itertools.accumulate([0] + lanes))
+        return mean.log(), [w[a:b] for a, b in zip(starts, starts[1:])]
+
+    def _sample_visible(self, seqs, logprobs, thoughts=None, weights=None) -> None:
+        """logprobs (S, V): one row per sequence; sample all, then emit each token."""
+        batch = SamplingBatch.of(seqs, logprobs.shape[-1], logprobs.device)
+        sampled = sample_visible(logprobs, batch)
+        thoughts = thoughts or [None] * len(seqs)
+        weights = weights or [None] * len(seqs)
+        for i, seq in enumerate(seqs):
+            top = sampled.top_logprobs[i]
+            self._emit(seq, sampled.token_ids[i], sampled.logprobs[i], top, thoughts[i], weights[i])
+
+    def _emit(self, seq: Sequence, token: int, logprob: float, top, thoughts, weights) -> None:
+        seq.append_visible(token)
         include = seq.params.thoughts.include and thoughts is not None
         seq.outbox.append(
             TokenOutput(
-                s.token_id,
+                token,
                 "",  # filled by the output processor, which also applies stop strings
-                s.logprob if seq.params.logprobs is not None else None,
-                s.top_logprobs,
+                logprob if seq.params.logprobs is not None else None,
+                top,
                 thoughts if include else None,
                 weights if include else None,
             )
         )
-        reason = self._finish_reason(seq, s.token_id)
+        reason = self._finish_reason(seq, token)
         if reason is not None:
             seq.finish(reason)
-            return
-        seq.pending_token = s.token_id
-        if seq.is_thinking:
-            self._begin_thought(seq)
-
-    def _begin_thought(self, seq: Sequence) -> None:
-        """START is fed next step; its rows attend the slot's whole current prefix."""
-        seq.start_thought()
-        self.cache.branch(seq.slot)
+        elif seq.is_thinking:
+            self.cache.branch(seq.slot)  # the new thought attends the slot's whole prefix
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         p = seq.params
@@ -282,31 +294,6 @@ class Engine:
         (spec §3.4); K thoughts per position average their probabilities."""
         self.limits.validate_prompt(prompt_ids)
         self.limits.validate_thoughts(thoughts)
-        ids = torch.tensor([prompt_ids], device=self.model.device)
-        if thoughts.enabled:
-            L = self.default_thought_tokens if thoughts.num_tokens is None else thoughts.num_tokens
-            gen = torch.Generator(device=self.model.device).manual_seed(
-                self.config.seed if seed is None else seed
-            )
-            out = parallel_thought_forward(
-                self.model,
-                ids.expand(thoughts.count, -1),
-                L,
-                n_talk=1,
-                temperature=thoughts.temperature,
-                generator=gen,
-            )
-            logprobs = torch.softmax(out.mixed_logits[0], -1).mean(0).log()
-            num_thought = thoughts.count * L * len(prompt_ids)
-        else:
-            positions = torch.arange(len(prompt_ids), device=ids.device)[None]
-            h = self.model.hidden(ids, positions, quietstar.llama.DenseCausalAttention())
-            logprobs, num_thought = torch.log_softmax(self.model.logits(h)[0], -1), 0
-        targets = logprobs[:-1].gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
-        tops: list = [None]
-        if top_logprobs:
-            values, idx = logprobs[:-1].topk(top_logprobs, dim=-1)
-            tops += [list(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
-        else:
-            tops += [None] * (len(prompt_ids) - 1)
-        return ScoreOutput(list(prompt_ids), [None] + targets, tops, num_thought)
+        L = self.limits.thought_len(thoughts)
+        seed = self.config.seed if seed is None else seed
+        return score_prompt(self.model, prompt_ids, thoughts, L, top_logprobs, seed)

@@ -3,7 +3,8 @@
 Prefix K/V live in `k[layer, slot, kv_head, position]`; a request's K parallel thoughts live in
 `tk[layer, slot, thought, kv_head, step]` and attend the prefix by slot, so the prefix is never
 copied per thought or per step. Running sequences always hold slots 0..n-1 (freeing a slot moves
-the last one down), so the batch's prefix K/V is a view, not a gather.
+the last one down), so the batch's prefix K/V is a view, not a gather. One extra slot past the
+last (`scratch_slot`) takes the writes of padding rows and is never read.
 """
 
 from __future__ import annotations
@@ -19,17 +20,25 @@ class KVCache:
         head_dim: int,
         max_seqs: int,
         max_len: int,
-        max_thoughts: int,
+        max_num_thoughts: int,
         max_thought_len: int,
         dtype,
         device,
     ):
         self.max_seqs, self.max_len = max_seqs, max_len
-        self.max_thoughts, self.max_thought_len = max_thoughts, max_thought_len
-        shape = (num_layers, max_seqs, num_kv_heads, max_len, head_dim)
+        self.max_num_thoughts, self.max_thought_len = max_num_thoughts, max_thought_len
+        self.scratch_slot = max_seqs
+        shape = (num_layers, max_seqs + 1, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        tshape = (num_layers, max_seqs, max_thoughts, num_kv_heads, max_thought_len, head_dim)
+        tshape = (
+            num_layers,
+            max_seqs + 1,
+            max_num_thoughts,
+            num_kv_heads,
+            max_thought_len,
+            head_dim,
+        )
         self.tk = torch.zeros(tshape, dtype=dtype, device=device)
         self.tv = torch.zeros(tshape, dtype=dtype, device=device)
         self.owners: list[str] = []  # slot i -> sequence id; slots are 0..len-1
@@ -70,6 +79,16 @@ class KVCache:
         for arr in (self.owners, self.lengths, self.thought_lengths):
             arr.pop()
         return moved
+
+    def record_prefill(self, slot: int, length: int) -> None:
+        """A prefill wrote prefix positions [0, length) of `slot`."""
+        self.lengths[slot] = length
+
+    def record(self, prefix_lengths: list[int], thought_lengths: list[int]) -> None:
+        """A decode step over every used slot wrote up to these lengths (one entry per slot)."""
+        if len(prefix_lengths) != self.num_used or len(thought_lengths) != self.num_used:
+            raise ValueError("a decode step must cover every used slot")
+        self.lengths, self.thought_lengths = list(prefix_lengths), list(thought_lengths)
 
     def branch(self, slot: int) -> None:
         """Start thought rows for `slot` (they will attend its whole current prefix). No copy."""

@@ -31,6 +31,10 @@ class RequestLimits:
             engine.config.max_parallel_thoughts,
         )
 
+    def thought_len(self, thoughts: ThoughtParams) -> int:
+        """L for this request."""
+        return self.default_thought_tokens if thoughts.num_tokens is None else thoughts.num_tokens
+
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise RequestError naming the field when a request cannot be served."""
         self.validate_prompt(prompt_ids)
@@ -57,15 +61,15 @@ class RequestLimits:
     def validate_thoughts(self, th: ThoughtParams) -> None:
         if not th.enabled:
             return
-        L = self.default_thought_tokens if th.num_tokens is None else th.num_tokens
+        L = self.thought_len(th)
         if L > self.max_thought_tokens:
             raise RequestError(
                 f"thought tokens {L} exceed this server's maximum of {self.max_thought_tokens}",
                 "thoughts.tokens",
             )
-        if th.count > self.max_parallel_thoughts:
+        if th.num_thoughts > self.max_parallel_thoughts:
             raise RequestError(
-                f"thought count {th.count} exceeds this server's maximum of "
+                f"thought count {th.num_thoughts} exceeds this server's maximum of "
                 f"{self.max_parallel_thoughts}",
                 "thoughts.count",
             )

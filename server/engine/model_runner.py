@@ -1,7 +1,9 @@
 """ModelRunner: turns scheduled sequences into tensors and runs the Quiet-STaR model.
 
-`prefill` fills a new sequence's slot; `decode` runs one step over every running sequence (base
-rows and thought rows in one batch) and returns their final-norm hidden states.
+`prefill` fills new sequences' slots; `decode` runs one step over every running sequence (base
+rows and thought rows in one batch) and returns their final-norm hidden states. A decode step may
+be padded to a bucket of slots with every (slot, column) cell a row: the static shapes a CUDA
+graph replays (padding rows write only the cache's scratch slot and are dropped from the output).
 """
 
 from __future__ import annotations
@@ -10,108 +12,168 @@ from typing import NamedTuple
 
 import torch
 
-from quietstar import QuietStarModel
+from quietstar import END_THOUGHT, START_THOUGHT, QuietStarModel
 
-from .forward_context import DecodeAttention, DecodeBatch, PrefillAttention
+from .attention import DecodeAttention, DecodeBatch, PrefillAttention
 from .kv_cache import KVCache
-from .sequence import Sequence
+from .sequence import Row, Sequence
 
 
-class StepRows(NamedTuple):
-    """Hidden states of one decode step, split back per sequence."""
+class Span(NamedTuple):
+    """Where one sequence's rows are in a step's output."""
 
-    base: dict[int, torch.Tensor]  # slot -> (d,)
-    thoughts: dict[int, torch.Tensor]  # slot -> (K, d)
+    base: int | None  # row index of its base row, if it fed one
+    thoughts: range  # row indices of its thought rows
+
+
+class DecodeOutput(NamedTuple):
+    h: torch.Tensor  # (M, d) final-norm hidden states of the real rows, in sequence order
+    spans: list[Span]  # per sequence
+
+
+class DecodeInput(NamedTuple):
+    ids: torch.Tensor  # (N,) token ids or meta sentinels
+    positions: torch.Tensor  # (N,)
+    batch: DecodeBatch
+    real_rows: torch.Tensor | None  # (M,) rows that are not padding, in order; None: all
+    spans: list[Span]  # per sequence, indices into the real rows
+    lengths: tuple[list[int], list[int]]  # per slot, prefix and thought lengths after the step
+
+    def to(self, device) -> DecodeInput:
+        move = lambda x: x.to(device, non_blocking=True)  # noqa: E731
+        batch = DecodeBatch(
+            **{
+                k: move(v) if isinstance(v, torch.Tensor) else v
+                for k, v in vars(self.batch).items()
+            }
+        )
+        return self._replace(
+            ids=move(self.ids),
+            positions=move(self.positions),
+            batch=batch,
+            real_rows=None if self.real_rows is None else move(self.real_rows),
+        )
+
+
+def bucket_sizes(max_num_seqs: int) -> list[int]:
+    """Slot counts a padded step is rounded up to: 1, 2, 4, 8, then multiples of 8, and the
+    maximum itself."""
+    sizes = [b for b in (1, 2, 4) if b < max_num_seqs]
+    sizes += list(range(8, max_num_seqs, 8)) + [max_num_seqs]
+    return sizes
+
+
+def bucket_for(num_slots: int, sizes: list[int]) -> int:
+    """The smallest bucket that holds `num_slots`."""
+    for size in sizes:
+        if size >= num_slots:
+            return size
+    raise ValueError(f"{num_slots} slots exceed the largest bucket {sizes[-1]}")
+
+
+def prepare_decode(
+    seqs: list[Sequence], cache: KVCache, padded_slots: int | None = None
+) -> DecodeInput:
+    """Batch tensors (on the host) for one decode step over `seqs`, which hold slots 0..n-1,
+    from their per-row records. With `padded_slots`, every (slot, column) cell of that many slots
+    and 1 + cache.max_num_thoughts columns (1 when nobody thinks) becomes a row."""
+    rows, spans = [], []
+    for seq in seqs:
+        own = seq.decode_rows(cache.lengths[seq.slot])
+        base = len(rows) if own and own[0].column == 0 else None
+        spans.append(Span(base, range(len(rows) + (base is not None), len(rows) + len(own))))
+        rows += own
+    prefix_len = [cache.lengths[s.slot] + (s.pending_token is not None) for s in seqs]
+    thought_len = [s.thought_step + 1 for s in seqs]  # 0 when not thinking
+    lengths = (list(prefix_len), list(thought_len))
+    if padded_slots is None:
+        base_cols = int(any(r.column == 0 for r in rows))
+        R = base_cols + max(r.column for r in rows)
+        max_prefix, max_thought = max(prefix_len), max(thought_len)
+        real_rows = None
+        dense_index = [r.slot * R + r.column - (1 - base_cols) for r in rows]
+    else:
+        base_cols, R = 1, 1 + (cache.max_num_thoughts if any(thought_len) else 0)
+        max_prefix, max_thought = cache.max_len, cache.max_thought_len if R > 1 else 0
+        real_rows = torch.tensor([r.slot * R + r.column for r in rows])
+        rows = _pad(rows, padded_slots, R, cache.scratch_slot)
+        dense_index = list(range(len(rows)))
+        extra = padded_slots - len(seqs)
+        prefix_len, thought_len = prefix_len + [1] * extra, thought_len + [0] * extra
+    write_slot, column, ids, positions, cache_index = torch.tensor(rows).unbind(1)
+    is_base = column == 0
+    base_rows, thought_rows = is_base.nonzero()[:, 0], (~is_base).nonzero()[:, 0]
+    batch = DecodeBatch(
+        num_slots=len(prefix_len),
+        R=R,
+        base_cols=base_cols,
+        max_prefix=max_prefix,
+        max_thought=max_thought,
+        dense_index=torch.tensor(dense_index),
+        base_rows=base_rows,
+        base_slots=write_slot[base_rows],
+        base_pos=cache_index[base_rows],
+        thought_rows=thought_rows,
+        thought_slots=write_slot[thought_rows],
+        thought_index=column[thought_rows] - 1,
+        thought_steps=cache_index[thought_rows],
+        prefix_len=torch.tensor(prefix_len),
+        thought_len=torch.tensor(thought_len),
+    )
+    return DecodeInput(ids, positions, batch, real_rows, spans, lengths)
+
+
+def _pad(rows: list[Row], num_slots: int, R: int, scratch_slot: int) -> list[Row]:
+    """Rows in dense (slot, column) order, every empty cell a padding row that writes only the
+    scratch slot."""
+    grid: list[Row | None] = [None] * (num_slots * R)
+    for row in rows:
+        grid[row.slot * R + row.column] = row
+    return [row or Row(scratch_slot, i % R, 0, 0, 0) for i, row in enumerate(grid)]
 
 
 class ModelRunner:
-    def __init__(self, model: QuietStarModel, cache: KVCache):
+    def __init__(self, model: QuietStarModel, cache: KVCache, pad: bool, cuda_graphs: bool):
         self.model, self.cache = model, cache
         self.device = model.device
+        self.buckets = bucket_sizes(cache.max_seqs)
+        self.pad = pad or cuda_graphs
+        self.graphs = None
+        if cuda_graphs:
+            from .cuda_graph import DecodeGraphs  # CUDA only: imported when asked for
+
+            self.graphs = DecodeGraphs(self._forward)
 
     @torch.inference_mode()
-    def prefill(self, seq: Sequence) -> torch.Tensor:
-        """Write the prompt's K/V into the sequence's slot; return h_base of its last token."""
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        positions = torch.arange(len(seq.prompt_ids), device=self.device)[None]
-        h = self.model.hidden(ids, positions, PrefillAttention(self.cache, seq.slot, 0))
-        self.cache.lengths[seq.slot] = len(seq.prompt_ids)
-        return h[0, -1]
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Write each prompt's K/V into its sequence's slot; (S, d) h_base of each last token."""
+        hs = []
+        for seq in seqs:
+            ids = torch.tensor([seq.prompt_ids], device=self.device)
+            positions = torch.arange(len(seq.prompt_ids), device=self.device)[None]
+            h = self.model.hidden(ids, positions, PrefillAttention(self.cache, seq.slot, 0))
+            self.cache.record_prefill(seq.slot, len(seq.prompt_ids))
+            hs.append(h[0, -1])
+        return torch.stack(hs)
 
     @torch.inference_mode()
-    def decode(self, running: list[Sequence]) -> StepRows:
-        ids, positions, batch = self._build(running)
-        h = self.model.hidden(ids[None], positions[None], DecodeAttention(self.cache, batch))[0]
-        self._advance(running)
-        base = dict(zip(batch.base_slots.tolist(), h[batch.base_rows]))
-        thoughts = {}
-        if len(batch.thought_rows):
-            th = h[batch.thought_rows]
-            slots = batch.thought_slots.tolist()
-            start = 0
-            while start < len(slots):
-                end = start + self._count(slots, start)
-                thoughts[slots[start]] = th[start:end]
-                start = end
-        return StepRows(base, thoughts)
+    def decode(self, seqs: list[Sequence]) -> DecodeOutput:
+        padded = bucket_for(len(seqs), self.buckets) if self.pad else None
+        inp = prepare_decode(seqs, self.cache, padded)  # built on the host
+        if self.device.type != "cpu":
+            inp = inp.to(self.device)
+        if self.graphs is not None:
+            h = self.graphs.run(inp.ids, inp.positions, inp.batch)
+        else:
+            h = self._forward(inp.ids, inp.positions, inp.batch)
+        self.cache.record(*inp.lengths)
+        return DecodeOutput(h if inp.real_rows is None else h[inp.real_rows], inp.spans)
 
-    @staticmethod
-    def _count(slots: list[int], start: int) -> int:
-        end = start
-        while end < len(slots) and slots[end] == slots[start]:
-            end += 1
-        return end - start
-
-    def _build(self, running: list[Sequence]):
-        cache = self.cache
-        # Column 0 holds base rows only when some sequence feeds a visible token this step.
-        B = int(any(s.pending_token is not None for s in running))
-        R = B + max((s.num_thoughts for s in running if s.thought_step >= 0), default=0)
-        ids, pos, dense = [], [], []
-        base_rows, base_slots, base_pos = [], [], []
-        t_rows, t_slots, t_cols, t_steps = [], [], [], []
-        prefix_len, thought_len = [], []
-        for seq in running:
-            slot, plen = seq.slot, cache.lengths[seq.slot]
-            if seq.pending_token is not None:
-                base_rows.append(len(ids)), base_slots.append(slot), base_pos.append(plen)
-                ids.append(seq.pending_token), pos.append(plen), dense.append(slot * R)
-                plen += 1
-            prefix_len.append(plen)
-            inputs = seq.thought_inputs()
-            thought_len.append(0 if inputs is None else seq.thought_step + 1)
-            for k, token in enumerate(inputs or ()):
-                t_rows.append(len(ids)), t_slots.append(slot), t_cols.append(k)
-                t_steps.append(seq.thought_step)
-                (
-                    ids.append(token),
-                    pos.append(plen + seq.thought_step),
-                    dense.append(slot * R + B + k),
-                )
-        t = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
-        batch = DecodeBatch(
-            n=len(running),
-            R=R,
-            base_cols=B,
-            dense_index=t(dense),
-            base_rows=t(base_rows),
-            base_slots=t(base_slots),
-            base_pos=t(base_pos),
-            thought_rows=t(t_rows),
-            thought_slots=t(t_slots),
-            thought_cols=t(t_cols),
-            thought_steps=t(t_steps),
-            prefix_len=t(prefix_len),
-            thought_len=t(thought_len),
-            max_prefix=max(prefix_len),
-            max_thought=max(thought_len),
-        )
-        return t(ids), t(pos), batch
-
-    def _advance(self, running: list[Sequence]) -> None:
-        """Record what the step wrote into the cache bookkeeping."""
-        for seq in running:
-            if seq.pending_token is not None:
-                self.cache.lengths[seq.slot] += 1
-            if seq.thought_step >= 0:
-                self.cache.thought_lengths[seq.slot] = seq.thought_step + 1
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, batch: DecodeBatch):
+        """(N,) ids and positions -> (N, d) hidden states; no host synchronisation, so that it
+        can be captured."""
+        x = self.model.backbone.embed_tokens(ids.clamp(min=0))
+        for which in (START_THOUGHT, END_THOUGHT):
+            x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
+        attention = DecodeAttention(self.cache, batch)
+        return self.model.backbone(x[None], positions[None], attention)[0]

@@ -1,71 +1,176 @@
-"""Samplers: the visible-token sampler (temperature, top-k, top-p, min-p, penalties, per-request
-generator) and the thought sampler (spec §3.5: T = 1 over the full vocab, meta-tokens masked)."""
+"""Batched samplers, one call per step for all rows of a kind: the visible-token sampler
+(per-row temperature, top-k, top-p, min-p, presence/frequency penalties) and the thought sampler
+(spec §3.5: T = 1 over the full vocab, meta-tokens already masked).
+
+Randomness is counter-based: a row's uniform number is a hash of (sequence seed, draw counter,
+lane), so a sequence's samples depend on its seed alone, never on what it is batched with, and
+the whole step stays tensor ops (no per-row generator calls; capturable on a device).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from quietstar.sampling import sample_categorical
+from quietstar.sampling import sample_with_uniform
 
-from .sampling_params import SamplingParams
+from .sequence import Sequence
 
-
-class Sampled(NamedTuple):
-    token_id: int
-    logprob: float
-    top_logprobs: list[tuple[int, float]] | None
+MASK32 = 0xFFFFFFFF
 
 
-def sample_visible(
-    logprobs: torch.Tensor,
-    params: SamplingParams,
-    generator: torch.Generator,
-    counts: dict[int, int],
-) -> Sampled:
-    """logprobs (V,): the model's distribution (already blended). Returns the token, its logprob
-    under that distribution, and the top-N logprobs when asked."""
-    scores = _apply_penalties(logprobs, params, counts)
-    if params.temperature == 0:
-        token = int(scores.argmax())
-    else:
-        token = int(sample_categorical(_filtered_probs(scores, params), generator))
-    top = None
-    if params.logprobs is not None and params.logprobs > 0:
-        values, ids = logprobs.topk(params.logprobs)
-        top = list(zip(ids.tolist(), values.tolist()))
-    return Sampled(token, float(logprobs[token]), top)
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for int64 x in [0, 2**32), without int64 overflow."""
+    return ((x & 0xFFFF) * c + (((x >> 16) * c) & 0xFFFF) * 65536) & MASK32
 
 
-def _apply_penalties(logprobs, params: SamplingParams, counts: dict[int, int]):
-    if not counts or (params.presence_penalty == 0 and params.frequency_penalty == 0):
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche (Wellons' `lowbias32` constants)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniforms(seeds: torch.Tensor, draws: torch.Tensor, lanes: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 each -> (N,) float32 uniforms in [0, 1), 24 bits, a pure function of the
+    triple: the same seed, draw and lane give the same number in any batch."""
+    h = _mix32(_mix32(seeds & MASK32) ^ ((seeds >> 32) & MASK32))
+    h = _mix32(_mix32(h ^ (draws & MASK32)) ^ (lanes & MASK32))
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+class SampledTokens(NamedTuple):
+    token_ids: list[int]
+    logprobs: list[float]  # of each token under the model's distribution (before transforms)
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row visible sampling parameters as (N,) tensors, built from the rows' sequences,
+    plus host-side flags that let a step skip transforms no row asks for."""
+
+    temperature: torch.Tensor  # 1 for greedy rows (unused there)
+    is_greedy: torch.Tensor  # bool
+    top_k: torch.Tensor  # int64, 0: off
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    presence: torch.Tensor
+    frequency: torch.Tensor
+    u: torch.Tensor  # each row's uniform draw
+    num_top_logprobs: list[int]  # 0: none
+    output_ids: list[list[int]] | None  # tokens so far, for the penalties; None: no penalties
+    sort_rows: list[int]  # rows with top-k or top-p on (the only ones that need a sort)
+    all_greedy: bool
+    any_min_p: bool
+
+    @classmethod
+    def of(cls, seqs: list[Sequence], vocab_size: int, device) -> SamplingBatch:
+        ps = [s.params for s in seqs]
+        f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
+        penalised = any(p.presence_penalty or p.frequency_penalty for p in ps)
+        return cls(
+            temperature=f32([p.temperature or 1.0 for p in ps]),
+            is_greedy=torch.tensor([p.temperature == 0 for p in ps], device=device),
+            top_k=torch.tensor([p.top_k for p in ps], dtype=torch.int64, device=device),
+            top_p=f32([p.top_p for p in ps]),
+            min_p=f32([p.min_p for p in ps]),
+            presence=f32([p.presence_penalty for p in ps]),
+            frequency=f32([p.frequency_penalty for p in ps]),
+            u=draw_uniforms(seqs, [1] * len(seqs), device),
+            num_top_logprobs=[p.logprobs or 0 for p in ps],
+            output_ids=[s.output_ids for s in seqs] if penalised else None,
+            sort_rows=[i for i, p in enumerate(ps) if 0 < p.top_k < vocab_size or p.top_p < 1],
+            all_greedy=all(p.temperature == 0 for p in ps),
+            any_min_p=any(p.min_p > 0 for p in ps),
+        )
+
+
+def sample_visible(logprobs: torch.Tensor, batch: SamplingBatch) -> SampledTokens:
+    """logprobs (N, V) fp32: each row's model distribution (already blended) -> one token per
+    row, its logprob under that distribution, and the top-N logprobs where asked."""
+    scores = _apply_penalties(logprobs, batch)
+    tokens = scores.argmax(dim=-1)  # (N,)
+    if not batch.all_greedy:
+        probs = torch.softmax(scores / batch.temperature[:, None], dim=-1)
+        sampled = sample_with_uniform(_filter(probs, batch), batch.u)
+        tokens = torch.where(batch.is_greedy, tokens, sampled)
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+    return SampledTokens(tokens.tolist(), chosen.tolist(), _top_logprobs(logprobs, batch))
+
+
+def _apply_penalties(logprobs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.output_ids is None:
         return logprobs
-    ids = torch.tensor(list(counts), device=logprobs.device)
-    freq = torch.tensor(list(counts.values()), dtype=logprobs.dtype, device=logprobs.device)
-    out = logprobs.clone()
-    out[ids] -= params.presence_penalty + params.frequency_penalty * freq
-    return out
+    rows = [i for i, ids in enumerate(batch.output_ids) for _ in ids]
+    cols = [t for ids in batch.output_ids for t in ids]
+    counts = torch.zeros_like(logprobs)
+    index = (torch.tensor(rows, dtype=torch.int64), torch.tensor(cols, dtype=torch.int64))
+    counts.index_put_(tuple(i.to(logprobs.device) for i in index), counts.new_ones(len(rows)), True)
+    penalty = batch.presence[:, None] * (counts > 0) + batch.frequency[:, None] * counts
+    return logprobs - penalty
 
 
-def _filtered_probs(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    probs = torch.softmax(scores / params.temperature, dim=-1)
-    if params.top_k > 0 and params.top_k < probs.shape[-1]:
-        kth = probs.topk(params.top_k).values[-1]
-        probs = torch.where(probs >= kth, probs, 0.0)
-    if params.min_p > 0:
-        probs = torch.where(probs >= params.min_p * probs.max(), probs, 0.0)
-    if params.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        cum = sorted_probs.cumsum(-1)
-        drop = cum - sorted_probs > params.top_p * cum[-1]  # keep the smallest set reaching top_p
-        probs = probs.scatter(0, order[drop], 0.0)
+def _filter(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Zero what top-k, min-p and then top-p remove (thresholds on values, so they commute up
+    to top-p, which keeps the smallest set of the remaining probabilities reaching top_p)."""
+    if batch.any_min_p:
+        probs = torch.where(probs >= batch.min_p[:, None] * probs.amax(-1, keepdim=True), probs, 0)
+    if not batch.sort_rows:
+        return probs
+    rows = torch.tensor(batch.sort_rows, device=probs.device)
+    sorted_probs, order = probs[rows].sort(dim=-1, descending=True)  # (n, V)
+    k = batch.top_k[rows]
+    kth = sorted_probs.gather(1, (k - 1).clamp(min=0)[:, None])
+    is_top_k = ((k > 0) & (k < probs.shape[-1]))[:, None]
+    sorted_probs = torch.where(is_top_k & (sorted_probs < kth), 0, sorted_probs)
+    cum = sorted_probs.cumsum(-1)
+    drop = cum - sorted_probs > batch.top_p[rows, None] * cum[:, -1:]
+    sorted_probs = torch.where(drop, 0, sorted_probs)
+    probs = probs.clone()
+    probs[rows] = torch.zeros_like(sorted_probs).scatter(1, order, sorted_probs)
     return probs
 
 
-def sample_thoughts(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator
-) -> list[int]:
-    """logits (K, V) fp32 with meta-tokens masked -> one thought token per row."""
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return sample_categorical(probs, generator).tolist()
+def _top_logprobs(logprobs: torch.Tensor, batch: SamplingBatch):
+    most = max(batch.num_top_logprobs, default=0)
+    if not most:
+        return [None] * len(logprobs)
+    values, ids = (x.tolist() for x in logprobs.topk(most, dim=-1))
+    return [
+        list(zip(i[:n], v[:n])) if n else None
+        for i, v, n in zip(ids, values, batch.num_top_logprobs)
+    ]
+
+
+def sample_thoughts(logits: torch.Tensor, temperature: torch.Tensor | None, u: torch.Tensor):
+    """logits (M, V) fp32 with meta-tokens masked (overwritten), temperature (M,) or None for
+    T = 1 (spec §3.5), u (M,) -> (M,) token ids. The inverse CDF needs no normalised softmax:
+    exp(x - max) in place saves two vocabulary-wide passes per thought row."""
+    if temperature is not None:
+        logits /= temperature[:, None]
+    weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return sample_with_uniform(weights, u)
+
+
+def draw_uniforms(seqs: list[Sequence], lanes: list[int], device) -> torch.Tensor:
+    """One sampling event per sequence, with `lanes[i]` rows for sequence i: (sum lanes,)
+    uniforms. Each sequence's draw counter moves on by one."""
+    seeds, draws, lane_ids = [], [], []
+    for seq, n in zip(seqs, lanes, strict=True):
+        seeds += [_int64(seq.seed)] * n
+        draws += [seq.num_draws] * n
+        lane_ids += range(n)
+        seq.num_draws += 1
+    t = lambda xs: torch.tensor(xs, dtype=torch.int64, device=device)  # noqa: E731
+    return uniforms(t(seeds), t(draws), t(lane_ids))
+
+
+def _int64(x: int) -> int:
+    """Any Python int as the signed 64-bit integer with the same low 64 bits."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >= 1 << 63 else x

@@ -18,15 +18,15 @@ class RequestError(ValueError):
 class ThoughtParams:
     enabled: bool = False
     num_tokens: int | None = None  # L sampled thought tokens per visible token; None: checkpoint's
-    count: int = 1  # K parallel thoughts per visible token (K > 1: mean of the K distributions)
+    num_thoughts: int = 1  # K parallel thoughts per visible token (K > 1: mean of K distributions)
     temperature: float = 1.0  # spec §3.5: thoughts are sampled at T = 1 over the full vocab
     include: bool = False  # return thought ids and mixing weights with each token
 
     def __post_init__(self):
         if self.num_tokens is not None and self.num_tokens < 0:
             raise ValueError(f"thought tokens must be >= 0, got {self.num_tokens}")
-        if self.count < 1:
-            raise ValueError(f"thought count must be >= 1, got {self.count}")
+        if self.num_thoughts < 1:
+            raise ValueError(f"thought count must be >= 1, got {self.num_thoughts}")
         if self.temperature <= 0:
             raise ValueError(f"thought temperature must be > 0, got {self.temperature}")
 

@@ -132,8 +132,8 @@ class FakeEngine:
         thought_ids = weights = None
         if th.enabled and th.include:
             ids = self.tokenizer(THOUGHT * 8, add_special_tokens=False)["input_ids"]
-            thought_ids = [ids[: self.thought_length(th)] for _ in range(th.count)]
-            weights = [0.25] * th.count
+            thought_ids = [ids[: self.thought_length(th)] for _ in range(th.num_thoughts)]
+            weights = [0.25] * th.num_thoughts
         return TokenOutput(
             token_id, self.tokenizer.decode([token_id]), logprob, top, thought_ids, weights
         )
@@ -143,7 +143,7 @@ class FakeEngine:
         self.requests.append((request_id, list(prompt_ids), params))
         reply = self.tokenizer(REPLY, add_special_tokens=False)["input_ids"]
         th = params.thoughts
-        per_token = th.count * self.thought_length(th) if th.enabled else 0
+        per_token = th.num_thoughts * self.thought_length(th) if th.enabled else 0
         finished = [params.max_tokens == 0] * params.n
         texts = [""] * params.n
         self.num_running += 1
@@ -205,7 +205,7 @@ class FakeEngine:
         tops = [None] + [
             [(t, -1.0), (t + 1, -2.0), (4, -3.0)][:top_logprobs] or None for t in prompt_ids[1:]
         ]
-        num_thought = len(prompt_ids) * thoughts.count * self.thought_length(thoughts)
+        num_thought = len(prompt_ids) * thoughts.num_thoughts * self.thought_length(thoughts)
         return ScoreOutput(
             list(prompt_ids),
             [None] + [-1.0] * (len(prompt_ids) - 1),

@@ -96,7 +96,7 @@ def test_stream_crosses_the_process_boundary_unchanged(served, checkpoint):
         seed=3,
         ignore_eos=True,
         logprobs=1,
-        thoughts=ThoughtParams(enabled=True, num_tokens=2, count=2, include=True),
+        thoughts=ThoughtParams(enabled=True, num_tokens=2, num_thoughts=2, include=True),
     )
     engine.add_request("x", [5, 6, 7, 8, 9], params)
     text, tokens = RequestText(engine.tokenizer, params), []

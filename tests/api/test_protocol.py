@@ -79,9 +79,9 @@ def test_default_max_tokens_clamped_to_context_left_explicit_kept():
 
 def test_thought_defaults_follow_server():
     t = params().thoughts
-    assert t.enabled and t.num_tokens is None and t.count == 1 and not t.include
+    assert t.enabled and t.num_tokens is None and t.num_thoughts == 1 and not t.include
     t = params(d=defaults(thoughts_enabled=False, thought_tokens=6, thought_count=2)).thoughts
-    assert not t.enabled and t.num_tokens == 6 and t.count == 2
+    assert not t.enabled and t.num_tokens == 6 and t.num_thoughts == 2
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_thoughts_win_over_reasoning_effort_field_by_field():
     t = params(reasoning_effort="none", thoughts={"enabled": True}).thoughts
     assert t.enabled and t.num_tokens is None
     t = params(reasoning_effort="low", thoughts={"count": 2, "temperature": 0.5}).thoughts
-    assert (t.enabled, t.num_tokens, t.count, t.temperature) == (True, 4, 2, 0.5)
+    assert (t.enabled, t.num_tokens, t.num_thoughts, t.temperature) == (True, 4, 2, 0.5)
 
 
 def test_thoughts_boolean_shorthand():

@@ -31,7 +31,7 @@ def thinking(max_tokens: int, L: int, K: int = 1, seed: int = 0) -> SamplingPara
         temperature=1.0,
         seed=seed,
         ignore_eos=True,
-        thoughts=ThoughtParams(enabled=True, num_tokens=L, count=K),
+        thoughts=ThoughtParams(enabled=True, num_tokens=L, num_thoughts=K),
     )
 
 
@@ -181,15 +181,17 @@ def test_thought_limits_are_enforced(small_engine):
     refused(small_engine, [5, 6], too_long, "5", "4")
     # the checkpoint's default (5 sampled tokens) is above this engine's maximum of 4 too
     refused(small_engine, [5, 6], SamplingParams(thoughts=ThoughtParams(enabled=True)), "4")
-    too_many = SamplingParams(thoughts=ThoughtParams(enabled=True, num_tokens=2, count=3))
+    too_many = SamplingParams(thoughts=ThoughtParams(enabled=True, num_tokens=2, num_thoughts=3))
     refused(small_engine, [5, 6], too_many, "3", "2")
     # disabled thoughts are not checked against the limits
     small_engine.validate(
-        [5, 6], SamplingParams(max_tokens=4, thoughts=ThoughtParams(num_tokens=9, count=9))
+        [5, 6], SamplingParams(max_tokens=4, thoughts=ThoughtParams(num_tokens=9, num_thoughts=9))
     )
     small_engine.validate(
         [5, 6],
-        SamplingParams(max_tokens=4, thoughts=ThoughtParams(enabled=True, num_tokens=4, count=2)),
+        SamplingParams(
+            max_tokens=4, thoughts=ThoughtParams(enabled=True, num_tokens=4, num_thoughts=2)
+        ),
     )
 
 
@@ -211,7 +213,7 @@ def test_bad_sampling_and_thought_params_are_refused():
     ]:
         with pytest.raises(ValueError):
             SamplingParams(**kw)
-    for kw in [dict(num_tokens=-1), dict(count=0), dict(temperature=0)]:
+    for kw in [dict(num_tokens=-1), dict(num_thoughts=0), dict(temperature=0)]:
         with pytest.raises(ValueError):
             ThoughtParams(**kw)
 
@@ -231,6 +233,8 @@ def test_score_validates_like_generation(small_engine):
     with pytest.raises(ValueError, match="4"):
         small_engine.score([5, 6, 7], ThoughtParams(enabled=True, num_tokens=50))
     with pytest.raises(ValueError, match="2"):
-        small_engine.score([5, 6, 7], ThoughtParams(enabled=True, num_tokens=1, count=20))
-    out = small_engine.score([5, 6, 7], ThoughtParams(enabled=True, num_tokens=4, count=2), seed=0)
+        small_engine.score([5, 6, 7], ThoughtParams(enabled=True, num_tokens=1, num_thoughts=20))
+    out = small_engine.score(
+        [5, 6, 7], ThoughtParams(enabled=True, num_tokens=4, num_thoughts=2), seed=0
+    )
     assert out.num_thought_tokens == 4 * 2 * 3

@@ -47,7 +47,7 @@ def test_score_matches_per_position_reference(L):
     model = tiny_model("llama", heads_seed=5)
     engine = make_engine(model)
     ids = prompt_ids(14, seed=40 + L)
-    out = engine.score(ids, ThoughtParams(enabled=True, num_tokens=L, count=1), 3, seed=99)
+    out = engine.score(ids, ThoughtParams(enabled=True, num_tokens=L, num_thoughts=1), 3, seed=99)
     assert out.token_ids == ids
     assert out.num_thought_tokens == L * len(ids)
     thoughts = reproduce_thoughts(model, ids, L, 1, seed=99)[0]  # (T, L)
@@ -68,7 +68,7 @@ def test_score_with_two_thoughts_averages_probabilities():
     model = tiny_model("llama", heads_seed=6)
     engine = make_engine(model)
     ids, L = prompt_ids(9, seed=50), 2
-    out = engine.score(ids, ThoughtParams(enabled=True, num_tokens=L, count=2), seed=3)
+    out = engine.score(ids, ThoughtParams(enabled=True, num_tokens=L, num_thoughts=2), seed=3)
     assert out.num_thought_tokens == 2 * L * len(ids)
     thoughts = reproduce_thoughts(model, ids, L, 2, seed=3)  # (K, T, L)
     expected = []
@@ -109,7 +109,9 @@ def test_zero_head_thought_scores_equal_base_scores():
     ids = prompt_ids(10, seed=70)
     base = as_tensor(engine.score(ids, ThoughtParams(enabled=False)).logprobs)
     thought = as_tensor(
-        engine.score(ids, ThoughtParams(enabled=True, num_tokens=2, count=2), seed=1).logprobs
+        engine.score(
+            ids, ThoughtParams(enabled=True, num_tokens=2, num_thoughts=2), seed=1
+        ).logprobs
     )
     assert_tensors_close(thought, base, 1e-5)
 

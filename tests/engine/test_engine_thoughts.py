@@ -26,7 +26,7 @@ def thinking(max_tokens: int, L: int, K: int = 1, seed: int = 0, **kw) -> Sampli
         seed=seed,
         ignore_eos=True,
         logprobs=0,
-        thoughts=ThoughtParams(enabled=True, num_tokens=L, count=K, include=True),
+        thoughts=ThoughtParams(enabled=True, num_tokens=L, num_thoughts=K, include=True),
         **kw,
     )
 

@@ -1,8 +1,11 @@
-"""Attention for the engine's two kinds of forward: prefill (one prompt into its slot) and the
-decode step (one token per row: base rows append to their slot's prefix, thought rows to their
+"""The engine's attention for its two kinds of forward: prefill (one prompt into its slot) and
+the decode step (one token per row: base rows append to their slot's prefix, thought rows to their
 thought branch). Spec §3.4: thoughts see the prefix and themselves only; visible tokens never see
 thoughts. Rows are packed for the linear layers and laid out densely as (slot, column) only for
 attention: column 0 is the slot's base row, columns 1..K its thought rows.
+
+Dimension letters: N rows, n slots, R columns per slot, H query heads, KVH key/value heads,
+G = H / KVH, D head dim, P prefix keys, T thought keys, K thoughts per slot.
 """
 
 from __future__ import annotations
@@ -35,23 +38,25 @@ class PrefillAttention:
 
 @dataclass
 class DecodeBatch:
-    """Index tensors for one decode step over slots 0..n-1 with R columns each."""
+    """Index tensors of one decode step over slots 0..num_slots-1 with R columns each; built by
+    `model_runner.prepare_decode`. N rows in all (N == num_slots * R when every cell is a row,
+    as in a padded step)."""
 
-    n: int
-    R: int  # columns per slot: base_cols (0 or 1) + the most parallel thoughts of any slot
+    num_slots: int
+    R: int  # columns per slot: base_cols (0 or 1) + the most thought rows of any slot
     base_cols: int
+    max_prefix: int  # prefix keys read per slot
+    max_thought: int  # thought keys read per row (0: no thought rows)
     dense_index: torch.Tensor  # (N,) row -> slot * R + column
-    base_rows: torch.Tensor  # (Nb,) packed indices of base rows
-    base_slots: torch.Tensor
-    base_pos: torch.Tensor
-    thought_rows: torch.Tensor  # (Nt,) packed indices of thought rows
-    thought_slots: torch.Tensor
-    thought_cols: torch.Tensor  # thought index within its slot (column - 1)
-    thought_steps: torch.Tensor  # thought KV position being written
-    prefix_len: torch.Tensor  # (n,) prefix length after this step's writes
-    thought_len: torch.Tensor  # (n,) thought length after this step's writes (0: none)
-    max_prefix: int
-    max_thought: int
+    base_rows: torch.Tensor  # (Nb,) indices of base rows
+    base_slots: torch.Tensor  # (Nb,) slot each writes its K/V to
+    base_pos: torch.Tensor  # (Nb,) prefix position each writes
+    thought_rows: torch.Tensor  # (Nt,) indices of thought rows
+    thought_slots: torch.Tensor  # (Nt,) slot each writes its K/V to
+    thought_index: torch.Tensor  # (Nt,) thought k within its slot
+    thought_steps: torch.Tensor  # (Nt,) thought KV position each writes
+    prefix_len: torch.Tensor  # (num_slots,) prefix length after this step's writes
+    thought_len: torch.Tensor  # (num_slots,) thought length after this step's writes (0: none)
 
 
 class DecodeAttention:
@@ -71,36 +76,36 @@ class DecodeAttention:
             c.k[layer][b.base_slots, :, b.base_pos] = k[b.base_rows]
             c.v[layer][b.base_slots, :, b.base_pos] = v[b.base_rows]
         if len(b.thought_rows):
-            c.tk[layer][b.thought_slots, b.thought_cols, :, b.thought_steps] = k[b.thought_rows]
-            c.tv[layer][b.thought_slots, b.thought_cols, :, b.thought_steps] = v[b.thought_rows]
+            c.tk[layer][b.thought_slots, b.thought_index, :, b.thought_steps] = k[b.thought_rows]
+            c.tv[layer][b.thought_slots, b.thought_index, :, b.thought_steps] = v[b.thought_rows]
 
     def attend(self, layer: int, q, k, v):
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
         self._write(layer, k, v)
-        if b.R == 1 and len(q) == b.n:  # one row per slot: a plain SDPA call
+        if b.R == 1 and len(q) == b.num_slots:  # one row per slot: a plain SDPA call
             return self._one_row_per_slot(layer, q)
         H, D = q.shape[1:]
         kvh = k.shape[1]
         g = H // kvh
-        packed = len(q) == b.n * b.R  # every (slot, column) has a row: no scatter/gather
+        packed = len(q) == b.num_slots * b.R  # every (slot, column) has a row: no scatter/gather
         if packed:
             qd = q
         else:
-            qd = q.new_zeros(b.n * b.R, H, D)
+            qd = q.new_zeros(b.num_slots * b.R, H, D)
             qd[b.dense_index] = q
-        qd = qd.view(b.n, b.R, kvh, g, D).permute(0, 2, 1, 3, 4)  # (n, KVH, R, G, D)
+        qd = qd.view(b.num_slots, b.R, kvh, g, D).permute(0, 2, 1, 3, 4)  # (n, KVH, R, G, D)
         scale = 1.0 / math.sqrt(D)
-        Kp = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
-        Vp = self.cache.v[layer, : b.n, :, : b.max_prefix]
-        sp = torch.matmul(qd.reshape(b.n, kvh, b.R * g, D), Kp.transpose(-1, -2)) * scale
+        Kp = self.cache.k[layer, : b.num_slots, :, : b.max_prefix]  # (n, KVH, P, D): a view
+        Vp = self.cache.v[layer, : b.num_slots, :, : b.max_prefix]
+        sp = torch.matmul(qd.reshape(b.num_slots, kvh, b.R * g, D), Kp.transpose(-1, -2)) * scale
         sp = sp.float().masked_fill(~self.prefix_mask[:, None, None, :], float("-inf"))
         if b.max_thought == 0:
             p = torch.softmax(sp, dim=-1).to(q.dtype)
-            out = torch.matmul(p, Vp).view(b.n, kvh, b.R, g, D)
+            out = torch.matmul(p, Vp).view(b.num_slots, kvh, b.R, g, D)
         else:
             out = self._with_thoughts(layer, qd, sp, Vp, scale)
-        out = out.permute(0, 2, 1, 3, 4).reshape(b.n * b.R, H, D)
+        out = out.permute(0, 2, 1, 3, 4).reshape(b.num_slots * b.R, H, D)
         return (out if packed else out[b.dense_index])[None]
 
     def _one_row_per_slot(self, layer: int, q):
@@ -108,13 +113,13 @@ class DecodeAttention:
         prefix, then its own thought keys; the concatenation copies one prefix per slot, which
         costs less than the general path's extra kernels)."""
         b = self.b
-        keys = self.cache.k[layer, : b.n, :, : b.max_prefix]  # (n, KVH, P, D): a view
-        values = self.cache.v[layer, : b.n, :, : b.max_prefix]
+        keys = self.cache.k[layer, : b.num_slots, :, : b.max_prefix]  # (n, KVH, P, D): a view
+        values = self.cache.v[layer, : b.num_slots, :, : b.max_prefix]
         mask = self.prefix_mask
         if b.max_thought:
             T = b.max_thought
-            keys = torch.cat((keys, self.cache.tk[layer, : b.n, 0, :, :T]), dim=2)
-            values = torch.cat((values, self.cache.tv[layer, : b.n, 0, :, :T]), dim=2)
+            keys = torch.cat((keys, self.cache.tk[layer, : b.num_slots, 0, :, :T]), dim=2)
+            values = torch.cat((values, self.cache.tv[layer, : b.num_slots, 0, :, :T]), dim=2)
             mask = self.joint_mask
         # Grouped heads as rows of one small matmul per slot: for a single query row this beat
         # the CPU SDPA kernel with a mask and GQA (0.46 ms per layer at batch 8) several times.
