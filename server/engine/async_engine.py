@@ -40,6 +40,7 @@ class AsyncEngine:
             "thought_tokens": e.default_thought_tokens,
             "n_ahead": e.model.config.n_ahead,
             "heads_trained": e.model.config.heads_trained,
+            "trained_thought_tokens": e.model.config.trained_thought_tokens,
             "source": getattr(e.model, "source", e.config.model),
             "dtype": e.config.dtype,
             "device": e.config.device,

@@ -41,6 +41,8 @@ def test_default_is_fresh_heads_even_from_trained_ones(tmp_path):
     assert first["w_mean"] == 0.0 and first["reward_mean"] == 0.0  # spec §2.2: w ≡ 0
 
     model = quietstar.load(out / "step_000001")
+    assert model.config.trained_thought_tokens == [3]  # n_ahead 6: what /v1/models reports
+    assert quietstar.load(make_hf_checkpoint(tmp_path / "p2")).config.trained_thought_tokens == []
     dash = model.tokenizer.encode("---", add_special_tokens=False)[0]
     row = model.backbone.embed_tokens.weight[dash] / model.config.embedding_scale
     # one heads-only step at lr 1e-3 moves the meta vectors by at most ~1e-3 per entry
