@@ -37,7 +37,9 @@ class NllEvalConfig:
     seq_len: int = _opt(48, "window length: one seeded random window per document (spec §3.1)")
     window_seed: int = _opt(42, "seed of the window choice")
     max_windows: int = _opt(0, "held-out windows evaluated (0: all)")
-    fit_max_windows: int = _opt(256, "training-split windows the calibration is fitted on")
+    fit_max_windows: int = _opt(
+        64, "training-split windows the calibration and the decile boundaries are fitted on"
+    )
     lengths: str = _opt(
         "0,2,4,8,16",
         "thought lengths (sampled tokens) besides the checkpoint's trained one; 0 = START -> END",
@@ -51,7 +53,9 @@ class NllEvalConfig:
         False,
         "evaluate even if held-out documents were in the heads' training data (warns loudly)",
     )
-    out: str = _opt("runs/eval_nll", "output folder: nll.json, nll.md, nll_vs_length.png")
+    out: str = _opt(
+        "runs/eval_nll", "output folder: nll.json, nll.md, nll_vs_length.png, tokens.pt (per token)"
+    )
     dtype: str = _opt("float32", "weights dtype: float32 or bfloat16")
 
     def __post_init__(self) -> None:

@@ -78,6 +78,7 @@ def fit_calibration(model, windows: Windows, fit_docs: list[str], cfg: NllEvalCo
         p_base.append(torch.softmax(z, dim=-1).gather(-1, t[:, None]).squeeze(-1))
         targets.append(t)
         entropies.append(entropy(z))
+        log.info("calibration: %d fit tokens scored", sum(len(x) for x in targets))
     u = cal.unigram(unigram_counts(model, fit_docs), model.masked_token_ids)
     fitted = cal.fit(sums, torch.cat(p_base), torch.cat(targets), u)
     return fitted, decile_edges(torch.cat(entropies))

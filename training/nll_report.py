@@ -127,6 +127,7 @@ def write_outputs(cfg, model, arrays, fitted, edges, overlap, trained: int) -> d
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "nll.json").write_text(json.dumps(result, indent=2) + "\n")
+    torch.save(arrays, out / "tokens.pt")  # per-token rows, for re-analysis
     from .nll_markdown import markdown, plot_lengths
 
     (out / "nll.md").write_text(markdown(result))
