@@ -103,14 +103,14 @@ def plot_lengths(r: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     lengths = sorted(int(x) for x in r["lengths"])
-    for kind, style in zip(KINDS, ("o-", "s--", "^:"), strict=True):
+    for kind, style, dx in zip(KINDS, ("o-", "s--", "^:"), (0.0, -0.15, 0.15), strict=True):
         xs = [x for x in lengths if f"{kind}_minus_base" in r["lengths"][str(x)]]
         if kind != "thought":  # L = 0 has no content: every control equals it
             xs = [x for x in xs if x > 0]
         ys = [r["lengths"][str(x)][f"{kind}_minus_base"] for x in xs]
-        ax.errorbar(
-            xs, [y["mean"] for y in ys], yerr=[y["se"] for y in ys], fmt=style, label=LABELS[kind]
-        )
+        xs = [x + dx for x in xs]  # side by side, so the error bars stay readable
+        means, errors = [y["mean"] for y in ys], [y["se"] for y in ys]
+        ax.errorbar(xs, means, yerr=errors, fmt=style, capsize=2, label=LABELS[kind])
     for name, color in (("base_temperature", "tab:gray"), ("base_unigram", "tab:brown")):
         diff = r["minus_thought"][name]["mean"] - r["minus_thought"]["base"]["mean"]
         ax.axhline(diff, color=color, linestyle="-.", label=LABELS[name])
