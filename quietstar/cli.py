@@ -12,10 +12,17 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.__main__", "run the OpenAI-compatible server"),
     "train": ("training.__main__", "Quiet-STaR continued pretraining"),
-    "eval": ("clients.__main__", "GSM8K / CommonsenseQA against an OpenAI-compatible endpoint"),
+    "eval": (
+        "clients.__main__",
+        "GSM8K / CommonsenseQA against an OpenAI-compatible endpoint; "
+        "`eval nll`: held-out NLL with controls, in-process",
+    ),
     "bench": ("benchmarks.__main__", "speed benchmarks (engine, serve)"),
     "convert": ("quietstar.convert", "convert a model (or `default`) to a Quiet-STaR checkpoint"),
 }
+
+# Subcommands of a subcommand that live in another package (clients/ stays HTTP-only).
+NESTED: dict[tuple[str, str], str] = {("eval", "nll"): "training.nll_eval"}
 
 
 def _usage() -> str:
@@ -34,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"quietstar: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
+    target = SUBCOMMANDS[name][0]
+    if rest and (name, rest[0]) in NESTED:  # `quietstar eval nll` runs in-process, not over HTTP
+        target, rest = NESTED[(name, rest[0])], rest[1:]
+    module = importlib.import_module(target)
     return int(module.main(rest) or 0)
 
 

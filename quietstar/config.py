@@ -65,6 +65,12 @@ class QuietStarConfig:
         """Sampled thought tokens per position (markers not counted)."""
         return self.n_ahead - 3
 
+    @property
+    def trained_thought_tokens(self) -> list[int]:
+        """Thought lengths the heads were trained at ([] for fresh heads); others are
+        off-distribution (training/RESULTS.md measures how they fare)."""
+        return [self.thought_tokens] if self.heads_trained else []
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -39,8 +39,8 @@ def find_gguf() -> Path:
 
 
 def bundled_default_heads() -> Path | None:
-    """Trained Quiet-STaR heads for the default model shipped with the package, if any
-    (see quietstar/default_heads/TRAINED_ON.md)."""
+    """Trained Quiet-STaR heads for the default model shipped with the package, if any. None
+    ship now: training/RESULTS.md found no gain from the thoughts' content at this scale."""
     folder = Path(__file__).parent / "default_heads"
     return folder if (folder / "quietstar_config.json").is_file() else None
 

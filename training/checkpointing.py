@@ -26,6 +26,7 @@ import quietstar
 from quietstar.checkpoint import to_internal, write_files
 from quietstar.config import TENSORS_FILE, QuietStarConfig
 
+from .heads import load_initial_model
 from .objective import HEAD_PREFIXES
 
 if TYPE_CHECKING:
@@ -79,13 +80,17 @@ def trained_config(
     steps: int,
     tokens: int,
     base_provenance: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> QuietStarConfig:
     """The model's QuietStarConfig updated with what this run trained (on top of what the base
-    model's heads were trained on, `base_provenance`, if anything)."""
+    model's heads were trained on, `base_provenance`, if anything). `data` is
+    training.heads.data_record: sources by name and content hash, the held-out split."""
     provenance = {
-        "base_model": cfg.model,
-        "data": cfg.data,
-        "text_field": cfg.text_template or cfg.text_field,
+        "base_model": cfg.model if cfg.model == "default" else Path(cfg.model).name,
+        "init_heads": cfg.init_heads if cfg.init_heads in ("fresh", "shipped") else "directory",
+        **(
+            data or {"data": Path(cfg.data).name, "text_field": cfg.text_template or cfg.text_field}
+        ),
         "steps": steps,
         "tokens": tokens,
         "mode": cfg.mode,
@@ -150,13 +155,14 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
 
 
 def load_model(cfg: TrainConfig, resume: Path | None) -> QuietStarModel:
-    """fp32 master weights (spec §3.7). A LoRA run resumes from the unmerged base backbone plus
-    the step's Quiet-STaR tensors; its LoRA factors come from trainer_state.pt."""
+    """fp32 master weights (spec §3.7). A new run starts from the heads --init-heads names
+    (fresh by default). A LoRA run resumes from the unmerged base backbone plus the step's
+    Quiet-STaR tensors; its LoRA factors come from trainer_state.pt."""
     if resume is None:
-        return quietstar.load(cfg.model, dtype=torch.float32)
+        return load_initial_model(cfg, torch.float32)
     if cfg.mode != "lora":
         return quietstar.load(resume, dtype=torch.float32)
-    model = quietstar.load(cfg.model, dtype=torch.float32)
+    model = load_initial_model(replace(cfg, init_heads="fresh"), torch.float32)
     tensors = {to_internal(k): v for k, v in load_file(str(resume / TENSORS_FILE)).items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if k.startswith(HEAD_PREFIXES)]

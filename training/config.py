@@ -36,6 +36,13 @@ class TrainConfig:
         "on the backbone's Linear layers + heads; merged into saved checkpoints)",
         choices=MODES,
     )
+    init_heads: str = _opt(
+        "fresh",
+        "model",
+        "where the Quiet-STaR heads start: `fresh` (w = 0, meta vectors = '---', as in the "
+        "paper, even if --model carries trained heads), `shipped` (the heads shipped for "
+        "--model default) or a heads directory (quietstar_config.json + quietstar.safetensors)",
+    )
     lora_rank: int = _opt(8, "model", "LoRA rank (mode lora)")
     lora_alpha: float = _opt(16.0, "model", "LoRA scale numerator: delta W = alpha/rank * B A")
     lora_targets: str = _opt(LORA_TARGETS, "model", "comma-separated Linear names that get LoRA")
@@ -149,6 +156,12 @@ class TrainConfig:
         "data",
         "fraction of --data documents held out for evaluation when --eval-data is not given",
     )
+    split_seed: int = _opt(
+        -1,
+        "data",
+        "seed of the --eval-fraction split (-1: --seed); fix it to compare training seeds on "
+        "one held-out set",
+    )
     eval_every: int = _opt(
         10, "data", "evaluate every N steps (0: only at the end) when there is held-out data"
     )
@@ -190,6 +203,7 @@ class TrainConfig:
             (self.lora_rank >= 1, "lora_rank must be >= 1"),
             (self.eval_max_windows >= 1 and self.eval_batch_size >= 1, "eval sizes must be >= 1"),
             (bool(self.data), "--data is required"),
+            (bool(self.init_heads), "--init-heads must be fresh, shipped or a directory"),
             (not (self.fsdp and self.resume), "--resume is not supported with --fsdp"),
         ]
         for ok, message in checks:
@@ -200,6 +214,11 @@ class TrainConfig:
     def thought_tokens(self) -> int:
         """Sampled thought tokens per position (spec §3.3: n_ahead - 3)."""
         return self.n_ahead - 3
+
+    @property
+    def held_out_seed(self) -> int:
+        """The seed the --eval-fraction split uses."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     @property
     def lora_target_names(self) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from .data import (
     read_documents,
     split_documents,
 )
+from .heads import data_record
 from .metrics import MetricsLog
 from .objective import QuietStarObjective, apply_mode
 
@@ -49,6 +50,7 @@ class Run:
     step: int
     tokens_seen: int
     base_provenance: dict[str, Any]
+    data_record: dict[str, Any]  # training/heads.py: data and held-out split, by content hash
     metrics: MetricsLog | None  # main process only
 
 
@@ -102,7 +104,7 @@ def load_corpus(cfg: TrainConfig) -> tuple[list[str], list[str]]:
     docs = read_documents(cfg.data, extract, cfg.max_docs, cfg.data_config, cfg.data_split)
     if cfg.eval_data:
         return docs, read_documents(cfg.eval_data, extract, 0, cfg.data_config, cfg.data_split)
-    return split_documents(docs, cfg.eval_fraction, cfg.seed)
+    return split_documents(docs, cfg.eval_fraction, cfg.held_out_seed)
 
 
 def make_optimizer(objective: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -133,7 +135,7 @@ def setup(
     objective = build_objective(cfg, resume, state)  # 2) fp32 model, --mode, LoRA
     tokenizer = objective.model.tokenizer
     config = objective.model.config
-    fresh_provenance = config.provenance if config.heads_trained else {}
+    fresh_provenance = config.provenance  # {} for fresh heads on an untrained backbone
     train_windows = make_windows(train_docs, tokenizer, cfg.seq_len, cfg.seed)  # 3) windows
     eval_windows = _eval_windows(eval_docs, tokenizer, cfg)
     if cfg.fsdp:  # FSDP shards the parameters first; the optimizer is built over the shards
@@ -152,8 +154,18 @@ def setup(
     metrics = None
     if accelerator.is_main_process:
         metrics = MetricsLog(Path(cfg.out), cfg.tensorboard, step if resume else None)
+    record = data_record(cfg, train_docs, eval_docs)
     run = Run(
-        cfg, accelerator, objective, optimizer, scheduler, step, tokens, base_provenance, metrics
+        cfg,
+        accelerator,
+        objective,
+        optimizer,
+        scheduler,
+        step,
+        tokens,
+        base_provenance,
+        record,
+        metrics,
     )
     return run, loader, eval_windows
 

@@ -96,7 +96,12 @@ def save_checkpoint(run: Run) -> Path:
         if accelerator.is_main_process:
             objective = accelerator.unwrap_model(run.objective)
             qconfig = ckpt.trained_config(
-                objective.model, cfg, run.step, run.tokens_seen, run.base_provenance
+                objective.model,
+                cfg,
+                run.step,
+                run.tokens_seen,
+                run.base_provenance,
+                run.data_record,
             )
             ckpt.save_step(objective.model, objective.lora, qconfig, _trainer_state(run), directory)
             ckpt.prune(cfg.out, cfg.keep_last)

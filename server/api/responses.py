@@ -158,6 +158,10 @@ class QuietStarInfo(BaseModel):
     thought_tokens: int = Field(description="trained thought length (sampled tokens)")
     n_ahead: int
     heads_trained: bool
+    trained_thought_tokens: list[int] = Field(
+        default_factory=list,
+        description="thought lengths the heads were trained at; other lengths are off-distribution",
+    )
     thoughts_default: bool = Field(description="thoughts on for requests that do not say")
     max_thought_tokens: int
     max_parallel_thoughts: int

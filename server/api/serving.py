@@ -66,6 +66,7 @@ class Serving:
             thought_tokens=info["thought_tokens"],
             n_ahead=info["n_ahead"],
             heads_trained=info["heads_trained"],
+            trained_thought_tokens=info.get("trained_thought_tokens", []),
             thoughts_default=d.thoughts_enabled,
             max_thought_tokens=d.max_thought_tokens,
             max_parallel_thoughts=d.max_parallel_thoughts,

@@ -82,6 +82,7 @@ def model_info(engine: Engine) -> dict[str, Any]:
         "thought_tokens": engine.default_thought_tokens,
         "n_ahead": engine.model.config.n_ahead,
         "heads_trained": engine.model.config.heads_trained,
+        "trained_thought_tokens": engine.model.config.trained_thought_tokens,
         "source": getattr(engine.model, "source", engine.config.model),
         "dtype": str(engine.model.dtype).removeprefix("torch."),
         "dtype_reason": engine.dtype_reason,

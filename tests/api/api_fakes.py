@@ -69,6 +69,7 @@ class FakeEngine:
             "thought_tokens": thought_tokens,
             "n_ahead": thought_tokens + 3,
             "heads_trained": heads_trained,
+            "trained_thought_tokens": [thought_tokens] if heads_trained else [],
             "source": "fake",
             "dtype": "float32",
             "device": "cpu",

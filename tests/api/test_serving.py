@@ -255,6 +255,7 @@ async def test_models_card():
     assert card["max_model_len"] == 256 and isinstance(card["created"], int)
     q = card["quietstar"]
     assert q["thought_tokens"] == 3 and q["n_ahead"] == 6 and q["heads_trained"] is True
+    assert q["trained_thought_tokens"] == [3]
     assert q["thoughts_default"] is True
 
 
