@@ -27,6 +27,14 @@ class EngineConfig:
             "choices": DTYPE_CHOICES,
         },
     )
+    heads: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Quiet-STaR heads directory (quietstar_config.json + quietstar.safetensors) "
+            "whose start/end vectors and mixing head replace the model's own (default: the "
+            "model's)"
+        },
+    )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N"})
     quantize: str | None = field(
         default=None,

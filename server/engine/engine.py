@@ -39,6 +39,7 @@ class Engine:
             config.device,
             quantize=config.quantize,
             quantize_group_size=config.quantize_group_size,
+            heads=config.heads,
         )
         choice = getattr(self.model, "dtype_choice", None)
         self.dtype_reason = choice.reason if choice else "the model was loaded by the caller"
