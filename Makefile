@@ -10,7 +10,7 @@ ARGS ?=
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint clean
+.PHONY: install serve test test-slow lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,12 @@ install: $(STAMP)
 serve: install
 	$(VENV)/bin/quietstar serve --model default --host $(HOST) --port $(PORT) $(ARGS)
 
+# the suite without the tests marked slow (under 5 minutes on 2 cores); CI runs both
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -54,6 +54,7 @@ def backbone_bytes(shape: str) -> int:
     return 2 * (c["vocab_size"] * d + layers * per_layer + d)
 
 
+@pytest.mark.slow  # the whole --dry run: ~15 s of CPU
 def test_every_section_runs_and_the_files_are_written(dry_run):
     proc, out = dry_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -70,6 +71,7 @@ def test_every_section_runs_and_the_files_are_written(dry_run):
     assert "batch1_large_shape: ok" in (out / "gpu_check.log").read_text()  # the shell's tee
 
 
+@pytest.mark.slow  # the whole --dry run: ~15 s of CPU
 def test_the_gpu_test_selection_collects_without_the_missing_packages(dry_run):
     _, out = dry_run
     tests = section(out, "tests")
@@ -78,6 +80,7 @@ def test_the_gpu_test_selection_collects_without_the_missing_packages(dry_run):
     assert "tests/engine/" in (out / "gpu_tests.log").read_text()
 
 
+@pytest.mark.slow  # the whole --dry run: ~15 s of CPU
 def test_step_times_and_bounds(dry_run):
     _, out = dry_run
     copy = section(out, "bandwidth")["copy_bytes_per_s"]
@@ -100,6 +103,7 @@ def test_step_times_and_bounds(dry_run):
         assert positive(r["step_ms"]) and r["ms_per_row"] == pytest.approx(r["step_ms"] / r["rows"])
 
 
+@pytest.mark.slow  # the whole --dry run: ~15 s of CPU
 def test_thoughts_on_and_training_step(dry_run):
     _, out = dry_run
     data = section(out, "thoughts_on")

@@ -30,7 +30,7 @@ from training.stats import assign_deciles, cluster_se, decile_edges
 
 @pytest.fixture
 def model(tmp_path):
-    m = quietstar.load(make_hf_checkpoint(tmp_path / "m"))
+    m = quietstar.load(make_hf_checkpoint(tmp_path / "m"), dtype=torch.float32)
     randomize_heads(m, seed=3)
     return m
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import quietstar
@@ -35,6 +36,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes, each importing torch and accelerate
 def test_two_process_cpu_run_finishes_and_writes_a_servable_checkpoint(tmp_path):
     model = make_hf_checkpoint(tmp_path / "tiny")
     data = write_jsonl(tmp_path / "gsm.jsonl", gsm_records(16))

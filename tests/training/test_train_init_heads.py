@@ -25,7 +25,7 @@ from training.metrics import read_metrics
 
 
 def trained_heads_checkpoint(tmp_path):
-    model = quietstar.load(make_hf_checkpoint(tmp_path / "plain"))
+    model = quietstar.load(make_hf_checkpoint(tmp_path / "plain"), dtype=torch.float32)
     randomize_heads(model, seed=4)
     config = replace(model.config, heads_trained=True, provenance={"mode": "heads", "x": 1})
     return save(model, tmp_path / "with_heads", config)
@@ -40,9 +40,14 @@ def test_default_is_fresh_heads_even_from_trained_ones(tmp_path):
     first = read_metrics(out)[0]
     assert first["w_mean"] == 0.0 and first["reward_mean"] == 0.0  # spec §2.2: w ≡ 0
 
-    model = quietstar.load(out / "step_000001")
+    model = quietstar.load(out / "step_000001", dtype=torch.float32)
     assert model.config.trained_thought_tokens == [3]  # n_ahead 6: what /v1/models reports
-    assert quietstar.load(make_hf_checkpoint(tmp_path / "p2")).config.trained_thought_tokens == []
+    assert (
+        quietstar.load(
+            make_hf_checkpoint(tmp_path / "p2"), dtype=torch.float32
+        ).config.trained_thought_tokens
+        == []
+    )
     dash = model.tokenizer.encode("---", add_special_tokens=False)[0]
     row = model.backbone.embed_tokens.weight[dash] / model.config.embedding_scale
     # one heads-only step at lr 1e-3 moves the meta vectors by at most ~1e-3 per entry
