@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 MODES = ("full", "heads", "lora")
@@ -237,25 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(TrainConfig):
-        meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(
-            meta["group"], parser.add_argument_group(meta["group"])
-        )
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        if isinstance(default, bool):
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"]
-            )
-        else:
-            group.add_argument(
-                flag,
-                type=type(default),
-                default=default,
-                help=meta["help"],
-                choices=meta.get("choices"),
-            )
+        group = f.metadata["group"]
+        add_flag(groups.get(group) or groups.setdefault(group, parser.add_argument_group(group)), f)
     return parser
+
+
+def add_flag(target: argparse._ActionsContainer, f: Field) -> None:
+    """One config dataclass field as a flag: its default, type, help and choices."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not MISSING else None
+    if isinstance(default, bool):
+        target.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"]
+        )
+    else:
+        target.add_argument(
+            flag,
+            type=type(default),
+            default=default,
+            help=f.metadata["help"],
+            choices=f.metadata.get("choices"),
+        )
 
 
 def parse_config(argv: list[str]) -> TrainConfig:

@@ -7,12 +7,14 @@ on the training part of --data, so nothing is fitted on the tokens it is scored 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .config import add_flag
 
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
+
+def _opt(default: Any, help_: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help_, **extra})
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,13 @@ class NllEvalConfig:
     out: str = _opt(
         "runs/eval_nll", "output folder: nll.json, nll.md, nll_vs_length.png, tokens.pt (per token)"
     )
-    dtype: str = _opt("float32", "weights dtype: float32 or bfloat16")
+    dtype: str = _opt(
+        "auto",
+        "backbone dtype: auto (bf16 where the device runs it natively, else fp32), bfloat16 or "
+        "float32; every row of one evaluation uses it, so the paired differences compare like "
+        "with like",
+        choices=("auto", "bfloat16", "float32"),
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,7 +73,10 @@ class NllEvalConfig:
             (self.seq_len >= 2, "seq_len must be >= 2"),
             (self.batch_size >= 1 and self.fit_max_windows >= 1, "batch sizes must be >= 1"),
             (self.max_windows >= 0 and self.sweep_max_windows >= 0, "window counts must be >= 0"),
-            (self.dtype in ("float32", "bfloat16"), "dtype must be float32 or bfloat16"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16"),
+                "dtype must be auto, float32 or bfloat16",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -91,17 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in fields(NllEvalConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        if isinstance(default, bool):
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f.metadata["help"],
-            )
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=f.metadata["help"])
+        add_flag(parser, f)
     return parser
 
 

@@ -143,8 +143,7 @@ def _controls(model, ids, mask, length, thought_gen, control_gen):
 
 def run(cfg: NllEvalConfig) -> dict:
     fit_docs, held = load_texts(cfg)  # 1) data first: bad data fails before the model
-    dtype = getattr(torch, cfg.dtype)
-    model = quietstar.load(cfg.model, dtype=dtype, heads=cfg.heads or None)  # 2) model
+    model = quietstar.load(cfg.model, dtype=cfg.dtype, heads=cfg.heads or None)  # 2) model
     overlap = check_heads_overlap(model, cfg, held)  # 3) refuse in-sample evaluation
     tokenizer = model.tokenizer
     fit_windows = make_windows(fit_docs, tokenizer, cfg.seq_len, cfg.window_seed)

@@ -144,6 +144,8 @@ def eval_args(data, out, *extra):
         "4",
         "--out",
         str(out),
+        "--dtype",  # the same numbers on every CPU class (auto differs between them)
+        "float32",
         *extra,
     ]
 
