@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # quietstar.dtypes.DTYPE_CHOICES, spelled out: the API process reads this config and must not
-# import torch (tests/quietstar/test_dtypes.py keeps the two equal).
+# import torch (tests/quietstar/test_dtypes.py keeps these and quietstar's equal).
 DTYPE_CHOICES = ("auto", "bfloat16", "float32", "float16")
 QUANT_MODES = ("int8", "int4")  # quietstar.quant's, spelled out for the same reason
 INT4_GROUP_SIZES = (32, 64, 128, 256)

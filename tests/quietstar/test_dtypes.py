@@ -82,7 +82,10 @@ def test_cpu_flags_are_reported():
     assert flags == "unknown" or flags.startswith("none of") or "avx" in flags or "amx" in flags
 
 
-def test_the_server_config_offers_the_same_dtypes():
-    from server.engine.config import DTYPE_CHOICES
+def test_the_server_config_offers_the_same_dtypes_and_quantisations():
+    from quietstar import quant
+    from server.engine import config
 
-    assert DTYPE_CHOICES == dtypes.DTYPE_CHOICES
+    assert config.DTYPE_CHOICES == dtypes.DTYPE_CHOICES
+    assert config.QUANT_MODES == quant.QUANT_MODES
+    assert config.INT4_GROUP_SIZES == quant.INT4_GROUP_SIZES
