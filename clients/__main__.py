@@ -14,6 +14,7 @@ from clients.config import (
     DEFAULT_BASE_URL,
     PROTOCOLS,
     TASKS,
+    THOUGHT_CONTENTS,
     EvalError,
     configs_from_args,
 )
@@ -36,10 +37,20 @@ def _sweep(value: str) -> list[int | str]:
         item = item.strip()
         if item == "off":
             items.append(item)
-        elif item.isdigit() and int(item) > 0:
+        elif item.isdigit():
             items.append(int(item))
         else:
-            raise argparse.ArgumentTypeError(f"{item!r} is neither a positive integer nor 'off'")
+            raise argparse.ArgumentTypeError(f"{item!r} is neither an integer >= 0 nor 'off'")
+    return items
+
+
+def _contents(value: str) -> list[str]:
+    items = [item.strip() for item in value.split(",")]
+    for item in items:
+        if item not in THOUGHT_CONTENTS:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not one of {', '.join(THOUGHT_CONTENTS)}"
+            )
     return items
 
 
@@ -122,8 +133,17 @@ def _eval_options() -> argparse.ArgumentParser:
         type=_sweep,
         default=None,
         metavar="N[,N...]",
-        help="thought tokens per position; several values (and 'off') run a "
-        "sweep, one subfolder of --out each; implies --thoughts on",
+        help="thought tokens per position (0: START -> END only, the no-content control); "
+        "several values (and 'off') run a sweep, one subfolder of --out each; implies --thoughts on",
+    )
+    thoughts.add_argument(
+        "--thought-content",
+        type=_contents,
+        default=None,
+        metavar="{model,random}[,...]",
+        help="what the server puts in a thought (quietstar servers): 'model' samples it (the "
+        "default), 'random' draws uniform tokens, a control for the thoughts' content; both "
+        "values run each setting twice, one subfolder each; implies --thoughts on",
     )
     output = parser.add_argument_group("output")
     output.add_argument(

@@ -20,6 +20,8 @@ SCORING_PROTOCOLS = ("paper-soft", "loglik")  # teacher-forced: no generated tex
 API_KEY_ENV = "QUIETSTAR_API_KEY"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 VOTE_TEMPERATURE = 0.9  # spec §6.2: the CoT votes are sampled at T=0.9
+# `thoughts.content` on a quietstar server: sampled from the model, or the uniform-token control
+THOUGHT_CONTENTS = ("model", "random")
 
 
 class EvalError(Exception):
@@ -43,6 +45,7 @@ class EvalConfig:
     concurrency: int = 4
     thoughts: bool | None = None
     thought_tokens: int | None = None
+    thought_content: str = "model"
     votes: int = 1
     seed: int = 1234
     max_tokens: int | None = None
@@ -64,8 +67,14 @@ class EvalConfig:
             raise ValueError(f"--votes > 1 needs a sampling protocol {VOTING_PROTOCOLS}")
         if self.thoughts is False and self.thought_tokens is not None:
             raise ValueError("--thoughts off contradicts --thought-tokens")
-        if self.thought_tokens is not None and self.thought_tokens < 1:
-            raise ValueError("--thought-tokens values must be >= 1 (use 'off' for no thoughts)")
+        if self.thought_tokens is not None and self.thought_tokens < 0:
+            raise ValueError("--thought-tokens values must be >= 0 (use 'off' for no thoughts)")
+        if self.thought_content not in THOUGHT_CONTENTS:
+            raise ValueError(
+                f"--thought-content must be one of {THOUGHT_CONTENTS}, got {self.thought_content!r}"
+            )
+        if self.thought_content != "model" and not self.thoughts:
+            raise ValueError(f"--thought-content {self.thought_content} needs --thoughts on")
         for name in ("concurrency", "limit", "max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -88,6 +97,8 @@ class EvalConfig:
         controls: dict[str, Any] = {"enabled": True, "include": True}
         if self.thought_tokens is not None:
             controls["tokens"] = self.thought_tokens
+        if self.thought_content != "model":
+            controls["content"] = self.thought_content
         return controls
 
     @property
@@ -97,16 +108,20 @@ class EvalConfig:
             return "thoughts=default"
         if not self.thoughts:
             return "thoughts=off"
-        return "thoughts=on" + (f",tokens={self.thought_tokens}" if self.thought_tokens else "")
+        tokens = "" if self.thought_tokens is None else f",tokens={self.thought_tokens}"
+        content = "" if self.thought_content == "model" else f",content={self.thought_content}"
+        return f"thoughts=on{tokens}{content}"
 
     @property
     def slug(self) -> str:
-        """The thought setting as a folder name: thoughts-default, -off, -on or -N."""
+        """The thought setting as a folder name: thoughts-default, -off, -on or -N, with
+        -random for the content control."""
         if self.thoughts is None:
             return "thoughts-default"
         if not self.thoughts:
             return "thoughts-off"
-        return f"thoughts-{self.thought_tokens}" if self.thought_tokens else "thoughts-on"
+        slug = "thoughts-on" if self.thought_tokens is None else f"thoughts-{self.thought_tokens}"
+        return slug if self.thought_content == "model" else f"{slug}-{self.thought_content}"
 
     def out_dir(self, model: str) -> Path:
         """`--out` (plus the sweep subfolder), or runs/eval/MODEL/TASK-PROTOCOL/SLUG."""
@@ -116,7 +131,10 @@ class EvalConfig:
 
     def fingerprint(self, model: str) -> dict[str, Any]:
         """The settings that must match for a rerun to resume an existing results file."""
-        keys = ("task", "protocol", "data_file", "thoughts", "thought_tokens", "votes", "seed")
+        keys = (
+            "task", "protocol", "data_file", "thoughts", "thought_tokens", "thought_content",
+            "votes", "seed",
+        )  # fmt: skip
         return {"model": model, "max_tokens": self.max_tokens} | {k: getattr(self, k) for k in keys}
 
     def public(self) -> dict[str, Any]:
@@ -129,21 +147,42 @@ def _safe(name: str) -> str:
 
 
 def configs_from_args(args: argparse.Namespace) -> list[EvalConfig]:
-    """One config per `--thought-tokens` value ("off" = a thoughts-off run); a sweep puts each
+    """One config per `--thought-tokens` value ("off" = a thoughts-off run) and per
+    `--thought-content` value (the content applies to thoughts-on runs only); a sweep puts each
     run in its own subfolder of `--out`. Raises ValueError on contradictory settings."""
+    swept = ("thoughts", "thought_tokens", "thought_content", "subdir")
     common = {
         f.name: getattr(args, f.name)
         for f in fields(EvalConfig)
-        if hasattr(args, f.name) and f.name not in ("thoughts", "thought_tokens", "subdir")
+        if hasattr(args, f.name) and f.name not in swept
     }
     common["api_key"] = args.api_key or default_api_key()
+    contents: list[str] = getattr(args, "thought_content", None) or ["model"]
     values: list[int | str] = args.thought_tokens or []
     if not values:
-        return [EvalConfig(**common, thoughts=args.thoughts)]
+        configs = [
+            EvalConfig(**common, thoughts=_thoughts(args.thoughts, content),
+                       thought_content=content)
+            for content in contents
+        ]  # fmt: skip
+        return _in_subdirs(configs)
     configs = []
     for value in values:
         off = value == "off"
         thoughts = False if off else (True if args.thoughts is None else args.thoughts)
-        config = EvalConfig(**common, thoughts=thoughts, thought_tokens=None if off else int(value))
-        configs.append(replace(config, subdir=config.slug) if len(values) > 1 else config)
-    return configs
+        tokens = None if off else int(value)
+        for content in ["model"] if off else contents:
+            configs.append(
+                EvalConfig(**common, thoughts=thoughts, thought_tokens=tokens,
+                           thought_content=content)
+            )  # fmt: skip
+    return _in_subdirs(configs)
+
+
+def _thoughts(flag: bool | None, content: str) -> bool | None:
+    """--thoughts as given; unset, a content control implies thoughts on."""
+    return flag if flag is not None else (True if content != "model" else None)
+
+
+def _in_subdirs(configs: list[EvalConfig]) -> list[EvalConfig]:
+    return [replace(c, subdir=c.slug) for c in configs] if len(configs) > 1 else configs

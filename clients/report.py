@@ -1,7 +1,11 @@
 """`quietstar eval report`: accuracy against thought tokens from run folders, drawn as a PNG.
 
-Thoughts-off runs are a hollow square at x = 0; runs without a token count (server default,
-or thoughts on at the server's length) are dashed horizontal lines. Error bars: 95 % Wilson.
+One colour per (task, protocol, model). Thoughts sampled from the model are a solid line over
+the thought lengths; the content control (`--thought-content random`: uniform tokens in the same
+START/END frame) is a dashed line with crosses on the same axes, and x = 0 (START -> END only) is
+the no-content control. Thoughts-off runs are a dotted horizontal line; runs without a token count
+(server default, or thoughts on at the server's length) are dash-dot lines. Error bars: 95 %
+Wilson.
 """
 
 from __future__ import annotations
@@ -56,14 +60,14 @@ def plot_accuracy(summaries: list[dict[str, Any]], out_png: str | Path) -> Path:
         series[(summary["task"], summary["protocol"], summary["model"])].append(summary)
     for index, (key, runs) in enumerate(sorted(series.items())):
         _draw_series(axes, " ".join(key), runs, f"C{index % 10}")
-    ticks = {0 if s["thoughts"] is False else s["thought_tokens"] for s in summaries}
+    ticks = {s["thought_tokens"] for s in summaries if s["thoughts"]}
     axes.set_xticks(sorted(t for t in ticks if t is not None) or [0])
-    axes.set_xlabel("thought tokens (0 = thoughts off)")
+    axes.set_xlabel("thought tokens (0 = START -> END only: the no-content control)")
     axes.set_ylabel("accuracy")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
-    axes.set_title("Accuracy vs thought tokens (95% Wilson intervals)")
+    axes.set_title("Accuracy vs thought tokens, with content controls (95% Wilson intervals)")
     figure.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -72,28 +76,36 @@ def plot_accuracy(summaries: list[dict[str, Any]], out_png: str | Path) -> Path:
     return out_png
 
 
+CONTENT_STYLES = {  # thought content -> (line style, marker, legend suffix)
+    "model": ("-", "o", ""),
+    "random": ("--", "x", ", random thoughts (control)"),
+}
+
+
 def _draw_series(axes: Any, name: str, runs: list[dict[str, Any]], color: str) -> None:
-    swept = sorted((r for r in runs if r["thoughts"] and r["thought_tokens"]), key=_tokens)
-    if swept:
-        xs = [_tokens(r) for r in swept]
-        axes.errorbar(xs, *_y_err(swept), marker="o", capsize=3, color=color, label=name)
-    off = [r for r in runs if r["thoughts"] is False]
-    if off:
-        axes.errorbar(
-            [0] * len(off),
-            *_y_err(off),
-            marker="s",
-            markerfacecolor="white",
-            linestyle="none",
-            capsize=3,
-            color=color,
-            label=f"{name}, thoughts off",
-        )
+    for content, (linestyle, marker, suffix) in CONTENT_STYLES.items():
+        swept = sorted(
+            (r for r in runs if r["thoughts"] and r["thought_tokens"] is not None
+             and _content(r) == content),
+            key=_tokens,
+        )  # fmt: skip
+        if swept:
+            xs = [_tokens(r) for r in swept]
+            axes.errorbar(
+                xs, *_y_err(swept), marker=marker, linestyle=linestyle, capsize=3, color=color,
+                label=name + suffix,
+            )  # fmt: skip
     for run in runs:
-        if run["thoughts"] is None or (run["thoughts"] and not run["thought_tokens"]):
+        if run["thoughts"] is False:
+            axes.axhline(run["accuracy"], linestyle=":", color=color, label=f"{name}, thoughts off")
+        elif run["thoughts"] is None or run["thought_tokens"] is None:
             axes.axhline(
-                run["accuracy"], linestyle="--", color=color, label=f"{name}, {run['label']}"
+                run["accuracy"], linestyle="-.", color=color, label=f"{name}, {run['label']}"
             )
+
+
+def _content(run: dict[str, Any]) -> str:
+    return run.get("thought_content") or "model"  # summaries written before the control
 
 
 def _tokens(run: dict[str, Any]) -> int:

@@ -100,6 +100,7 @@ def summarize(
         "label": config.label,
         "thoughts": config.thoughts,
         "thought_tokens": config.thought_tokens,
+        "thought_content": config.thought_content,
         "model": model,
         "n": n,
         "n_new": n_new,

@@ -51,7 +51,8 @@ def run_eval(
 def run_sweep(
     args: argparse.Namespace | Sequence[EvalConfig], **kwargs: Any
 ) -> list[dict[str, Any]]:
-    """Every run the arguments ask for (one per `--thought-tokens` value), in order."""
+    """Every run the arguments ask for (one per `--thought-tokens` and `--thought-content`
+    value), in order."""
     configs = configs_from_args(args) if isinstance(args, argparse.Namespace) else list(args)
     return [run_eval(config, **kwargs) for config in configs]
 

@@ -65,22 +65,6 @@ def score_thoughts(
     return Scored(nll, out.mixing_weights[0][:, :-1, 0].float(), out.thought_ids)
 
 
-def allowed_thought_ids(model: QuietStarModel) -> torch.Tensor:
-    """Every vocabulary id except the masked ones (the meta tokens), (V',) long."""
-    allowed = torch.ones(model.vocab_size, dtype=torch.bool, device=model.device)
-    allowed[model.masked_token_ids] = False
-    return allowed.nonzero().squeeze(-1)
-
-
-def random_thoughts(
-    model: QuietStarModel, shape: tuple[int, int, int], generator: torch.Generator
-) -> torch.Tensor:
-    """(B, T, L) ids uniform over the vocabulary, meta tokens excluded."""
-    allowed = allowed_thought_ids(model)
-    picks = torch.randint(len(allowed), shape, generator=generator, device=model.device)
-    return allowed[picks]
-
-
 def shuffle_thoughts(
     thought_ids: torch.Tensor, key_mask: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:

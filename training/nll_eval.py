@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 import quietstar
+from quietstar.thought_content import random_thoughts
 
 from . import calibration as cal
-from .controls import base_logits, random_thoughts, score_thoughts, shuffle_thoughts
+from .controls import base_logits, score_thoughts, shuffle_thoughts
 from .data import DataError, Windows, make_extractor, make_windows, read_documents, split_documents
 from .losses import target_mask
 from .nll_config import NllEvalConfig, parse_config

@@ -11,7 +11,7 @@ OpenAI's default); an explicit one that does not fit next to the prompt is a 400
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -85,7 +85,7 @@ class ThoughtOptions(BaseModel):
     enabled: bool | None = Field(
         None,
         description="think before each visible token (default: the server's --thoughts; "
-        "giving `tokens` or `count` turns thoughts on)",
+        "giving `tokens`, `count` or `content` turns thoughts on)",
     )
     tokens: int | None = Field(
         None,
@@ -105,6 +105,12 @@ class ThoughtOptions(BaseModel):
     include: bool | None = Field(
         None,
         description="return the thoughts (`reasoning`, `choices[].thoughts`) and mixing weights",
+    )
+    content: Literal["model", "random"] | None = Field(
+        None,
+        description="what a thought holds: `model` (default) samples it from the model as "
+        "trained; `random` draws its tokens uniformly (meta tokens excluded), a control for "
+        "whether the thoughts' content helps",
     )
 
 
@@ -127,7 +133,7 @@ class EngineRequest(OpenAIModel):
                 )
             enabled, tokens = True, d.effort_tokens[effort]
         # `thoughts` wins over reasoning_effort field by field
-        if t.tokens is not None or t.count is not None:
+        if t.tokens is not None or t.count is not None or t.content is not None:
             enabled = True
         enabled = enabled if t.enabled is None else t.enabled
         tokens = tokens if t.tokens is None else t.tokens
@@ -145,7 +151,9 @@ class EngineRequest(OpenAIModel):
                 "thoughts.count",
             )
         include = t.include if t.include is not None else bool(self.include_reasoning)
-        return ThoughtParams(enabled, tokens, count, t.temperature or 1.0, include and enabled)
+        return ThoughtParams(
+            enabled, tokens, count, t.temperature or 1.0, include and enabled, t.content or "model"
+        )
 
     def visible_budget(self, thoughts: ThoughtParams, d: RequestDefaults) -> int | None:
         """Visible tokens allowed by max_tokens / max_completion_tokens (None: not given).

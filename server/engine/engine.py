@@ -13,6 +13,7 @@ import logging
 import torch
 
 import quietstar
+from quietstar.thought_content import uniform_logits
 
 from .config import EngineConfig
 from .kv_cache import KVCache
@@ -47,6 +48,7 @@ class Engine:
         if not self.model.backbone.is_fused:
             self.model.backbone.fuse_for_inference()
         self.tokenizer = self.model.tokenizer
+        self._uniform_logits = uniform_logits(self.model)  # ThoughtParams.content == "random"
         bb = self.model.backbone.config
         # Mistral's sliding window is not implemented: cap the context at it instead.
         limits = [getattr(bb, "max_position_embeddings", None), getattr(bb, "sliding_window", None)]
@@ -184,8 +186,14 @@ class Engine:
         rows = [i for _, span in group for i in span.thoughts]
         lanes = [len(span.thoughts) for _, span in group]
         temperature = [s.params.thoughts.temperature for s, k in zip(seqs, lanes) for _ in range(k)]
+        logits = self.model.logits(h[rows])  # (sum K, V)
+        random = [
+            s.params.thoughts.content == "random" for s, k in zip(seqs, lanes) for _ in range(k)
+        ]
+        if any(random):  # the content control: uniform over the allowed ids, same draws
+            logits[torch.tensor(random, device=h.device)] = self._uniform_logits
         tokens = sample_thoughts(
-            self.model.logits(h[rows]),  # (sum K, V)
+            logits,
             None if set(temperature) == {1.0} else torch.tensor(temperature, device=h.device),
             draw_uniforms(seqs, lanes, h.device),
         ).tolist()

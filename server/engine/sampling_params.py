@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# spelled out, not imported: the API process must not import torch (equal to
+# quietstar.thought_content.THOUGHT_CONTENTS; a test keeps them so)
+THOUGHT_CONTENTS = ("model", "random")
+
 
 class RequestError(ValueError):
     """A request the engine cannot serve; `param` names the request field at fault
@@ -21,6 +25,7 @@ class ThoughtParams:
     num_thoughts: int = 1  # K parallel thoughts per visible token (K > 1: mean of K distributions)
     temperature: float = 1.0  # spec §3.5: thoughts are sampled at T = 1 over the full vocab
     include: bool = False  # return thought ids and mixing weights with each token
+    content: str = "model"  # "model": sampled as trained; "random": the uniform-content control
 
     def __post_init__(self):
         if self.num_tokens is not None and self.num_tokens < 0:
@@ -29,6 +34,10 @@ class ThoughtParams:
             raise ValueError(f"thought count must be >= 1, got {self.num_thoughts}")
         if self.temperature <= 0:
             raise ValueError(f"thought temperature must be > 0, got {self.temperature}")
+        if self.content not in THOUGHT_CONTENTS:
+            raise ValueError(
+                f"thought content must be one of {THOUGHT_CONTENTS}, got {self.content!r}"
+            )
 
 
 @dataclass(frozen=True)

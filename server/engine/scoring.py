@@ -7,6 +7,7 @@ import torch
 
 import quietstar
 from quietstar.parallel import parallel_thought_forward
+from quietstar.thought_content import random_thoughts
 
 from .outputs import ScoreOutput
 from .sampling_params import ThoughtParams
@@ -24,13 +25,18 @@ def score_prompt(
     probabilities. The first position has no log-prob (nothing predicts it)."""
     ids = torch.tensor([prompt_ids], device=model.device)
     if thoughts.enabled:
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        shape = (thoughts.num_thoughts, len(prompt_ids), thought_len)
         out = parallel_thought_forward(
             model,
             ids.expand(thoughts.num_thoughts, -1),
             thought_len,
             n_talk=1,
             temperature=thoughts.temperature,
-            generator=torch.Generator(device=model.device).manual_seed(seed),
+            thought_ids=(
+                random_thoughts(model, shape, generator) if thoughts.content == "random" else None
+            ),
+            generator=generator,
         )
         logprobs = torch.softmax(out.mixed_logits[0], -1).mean(0).log()  # (T, V)
         num_thought = thoughts.num_thoughts * thought_len * len(prompt_ids)

@@ -67,6 +67,7 @@ async def test_json_without_content_type_is_accepted():
         ({**CHAT, "n": 1000}, "n"),
         ({**CHAT, "thoughts": {"tokens": 1000}}, "thoughts.tokens"),
         ({**CHAT, "thoughts": {"count": 99}}, "thoughts.count"),
+        ({**CHAT, "thoughts": {"content": "shuffled"}}, "thoughts.content"),
         ({**CHAT, "tools": [{"type": "function"}]}, "tools"),
         ({**CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
         ({"messages": CHAT["messages"]}, "model"),

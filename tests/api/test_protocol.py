@@ -129,7 +129,13 @@ def test_asking_for_a_length_turns_thoughts_on():
     d = defaults(thoughts_enabled=False)
     assert params(d=d, thoughts={"tokens": 2}).thoughts.enabled
     assert params(d=d, thoughts={"count": 2}).thoughts.enabled
+    assert params(d=d, thoughts={"content": "random"}).thoughts.enabled
     assert not params(d=d, thoughts={"tokens": 2, "enabled": False}).thoughts.enabled
+
+
+def test_thought_content_control_reaches_the_engine():
+    assert params(thoughts=True).thoughts.content == "model"
+    assert params(thoughts={"content": "random", "tokens": 3}).thoughts.content == "random"
 
 
 def test_include_reasoning_is_an_alias_and_thoughts_include_wins():

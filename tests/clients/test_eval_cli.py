@@ -53,7 +53,9 @@ def test_wrong_model_exits_2(fake: FakeEndpoint, gsm8k_file: Path, capsys) -> No
     ("argv", "message"),
     [
         (["gsm8k", "--protocol", "loglik"], "only for csqa"),
-        (["csqa", "--thought-tokens", "4,x"], "neither a positive integer"),
+        (["csqa", "--thought-tokens", "4,x"], "neither an integer >= 0"),
+        (["csqa", "--thought-content", "model,shuffled"], "'shuffled' is not one of"),
+        (["csqa", "--thoughts", "off", "--thought-content", "random"], "needs --thoughts on"),
         (["csqa", "--thoughts", "maybe"], "expected 'on' or 'off'"),
         (["csqa", "--thoughts", "off", "--thought-tokens", "4"], "contradicts"),
     ],
@@ -64,14 +66,16 @@ def test_usage_errors(argv: list[str], message: str, capsys) -> None:
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def _summary(folder: Path, thoughts: bool | None, tokens: int | None, accuracy: float) -> None:
+def _summary(
+    folder: Path, thoughts: bool | None, tokens: int | None, accuracy: float, content="model"
+) -> None:
     folder.mkdir(parents=True)
     label = {None: "thoughts=default", False: "thoughts=off"}.get(
         thoughts, f"thoughts=on,tokens={tokens}"
     )
     summary = {
         "task": "gsm8k", "protocol": "direct", "model": "m", "label": label, "thoughts": thoughts,
-        "thought_tokens": tokens, "n": 100, "accuracy": accuracy,
+        "thought_tokens": tokens, "thought_content": content, "n": 100, "accuracy": accuracy,
         "ci95": [accuracy - 0.08, accuracy + 0.09], "no_answer": 0,
     }  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -80,15 +84,17 @@ def _summary(folder: Path, thoughts: bool | None, tokens: int | None, accuracy: 
 def test_report_png(tmp_path: Path, capsys) -> None:
     sweep = tmp_path / "sweep"
     _summary(sweep / "thoughts-off", False, None, 0.06)
-    for tokens, accuracy in ((2, 0.08), (8, 0.11), (4, 0.09)):
+    for tokens, accuracy in ((0, 0.07), (2, 0.08), (8, 0.11), (4, 0.09)):
         _summary(sweep / f"thoughts-{tokens}", True, tokens, accuracy)
+    for tokens, accuracy in ((2, 0.06), (8, 0.07)):
+        _summary(sweep / f"thoughts-{tokens}-random", True, tokens, accuracy, "random")
     _summary(tmp_path / "plain", None, None, 0.07)
     png = tmp_path / "plot.png"
     assert main(["report", str(sweep), str(tmp_path / "plain"), "--out", str(png)]) == 0
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     out = capsys.readouterr().out
-    assert out.count("| gsm8k | direct |") == 5 and str(png) in out
+    assert out.count("| gsm8k | direct |") == 8 and str(png) in out
     assert main(["report", str(sweep)]) == 0
     assert (sweep / "accuracy_vs_thought_tokens.png").stat().st_size > 10_000
     assert main(["report", str(tmp_path / "empty")]) == 2

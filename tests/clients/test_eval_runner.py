@@ -212,3 +212,37 @@ def test_sweep_writes_one_labelled_folder_per_value(fake, gsm8k_file, tmp_path) 
     ]
     tokens = [b["thoughts"].get("tokens") for b in fake.completions()]
     assert tokens == [None] * 3 + [2] * 3 + [4] * 3
+
+
+def test_content_control_sweep_sends_thoughts_content(fake, gsm8k_file, tmp_path) -> None:
+    """off, 0 (START -> END only) and 3 tokens, each thoughts-on setting with the model's and
+    with random thoughts: five runs, one folder each; only the random runs send the control."""
+    from clients.__main__ import build_parser
+
+    argv = ["gsm8k", "--data-file", str(gsm8k_file), "--out", str(tmp_path)]
+    argv += ["--thought-tokens", "off,0,3", "--thought-content", "model,random"]
+    summaries = run_sweep(
+        build_parser().parse_args(argv), transport=fake.transport(), backoff_s=0.001
+    )
+    assert [s["label"] for s in summaries] == [
+        "thoughts=off",
+        "thoughts=on,tokens=0",
+        "thoughts=on,tokens=0,content=random",
+        "thoughts=on,tokens=3",
+        "thoughts=on,tokens=3,content=random",
+    ]
+    assert [s["thought_content"] for s in summaries] == ["model"] * 2 + [
+        "random",
+        "model",
+        "random",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "thoughts-0",
+        "thoughts-0-random",
+        "thoughts-3",
+        "thoughts-3-random",
+        "thoughts-off",
+    ]
+    sent = [(b["thoughts"].get("tokens"), b["thoughts"].get("content")) for b in fake.completions()]
+    per_run = [(None, None), (0, None), (0, "random"), (3, None), (3, "random")]
+    assert sent == [pair for pair in per_run for _ in range(3)]

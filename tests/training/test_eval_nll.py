@@ -12,6 +12,7 @@ import torch
 import quietstar
 from quietstar.llama import DenseCausalAttention
 from quietstar.model import END_THOUGHT, START_THOUGHT
+from quietstar.thought_content import random_thoughts
 from tests.training.train_support import (  # noqa: F401
     gsm_records,
     make_hf_checkpoint,
@@ -21,7 +22,7 @@ from tests.training.train_support import (  # noqa: F401
     write_jsonl,
 )
 from training import calibration as cal
-from training.controls import random_thoughts, score_thoughts, shuffle_thoughts
+from training.controls import score_thoughts, shuffle_thoughts
 from training.data import Windows
 from training.nll_config import NllEvalConfig
 from training.nll_eval import fit_calibration, main
