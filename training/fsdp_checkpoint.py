@@ -11,6 +11,7 @@ must be one filesystem that every process sees (one machine, or a shared mount a
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,5 +96,7 @@ def load_unsharded(directory: Path) -> dict[str, torch.Tensor]:
         if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
     }
     state = {"model": model}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    with warnings.catch_warnings():  # "assuming ... a single process": that is the intent
+        warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+        dcp.load(state, checkpoint_id=path, no_dist=True)
     return state["model"]
