@@ -71,8 +71,14 @@ def runs(tmp_path_factory):
 
     launch(
         [
-            {"argv": args("straight", "--fsdp", "--save-every", "1")},
-            {"argv": args("lora", "--fsdp", *LORA, "--max-steps", "2")},
+            {
+                "argv": args("straight", "--fsdp", "--save-every", "1"),
+                "count_collectives": str(tmp / "straight_collectives.json"),
+            },
+            {
+                "argv": args("lora", "--fsdp", *LORA, "--max-steps", "2"),
+                "count_collectives": str(tmp / "lora_collectives.json"),
+            },
             {"argv": args("resumed", "--fsdp", "--save-every", "1"), "kill_after_step": 1},
         ],
         tmp / "first.json",
@@ -183,3 +189,14 @@ def test_sharded_checkpoint_loads_unsharded_and_matches_the_servable_files(runs)
     for name, value in unsharded.items():
         assert torch.equal(value, served_state[name.removeprefix("model.")]), name
     assert load_trainer_state(step)["optimizer"] is None  # AdamW states live in the shards
+
+
+def test_one_all_gather_and_one_reduce_scatter_per_unit_per_step(runs):
+    """Each of the 2 layers runs 1 + (6 - 2) + 2 = 7 times per step; weights kept gathered,
+    each unit (2 layers + root) still all-gathers once and reduce-scatters once per step.
+    LoRA: the frozen layer units reduce nothing; only the root (factors, heads) does."""
+    tmp, _ = runs
+    straight = json.loads((tmp / "straight_collectives.json").read_text())
+    lora = json.loads((tmp / "lora_collectives.json").read_text())
+    assert straight == [{"all_gather_single": 3, "reduce_scatter_single": 3}] * 3
+    assert lora == [{"all_gather_single": 3, "reduce_scatter_single": 1}] * 2
