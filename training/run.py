@@ -83,6 +83,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             f"--batch-size {cfg.batch_size} is the global batch; it must be divisible "
             f"by the {accelerator.num_processes} processes"
         )
+    if cfg.fsdp and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "--fsdp shards with the trainer's own FSDP2: launch with a plain multi-GPU accelerate "
+            "config (training/accelerate/fsdp2_8gpu.yaml), not accelerate's FSDP plugin"
+        )
     if cfg.fsdp and accelerator.distributed_type not in _SHARDABLE:
         raise ValueError(
             f"--fsdp shards over several processes: start it with `accelerate launch "
