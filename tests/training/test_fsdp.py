@@ -3,7 +3,8 @@
 Two launches share the process start-up among several runs: (1) a straight 3-step full run
 (every step saved), a 2-step LoRA run, and a run SIGKILLed right after its step-1 checkpoint;
 (2) that run resumed to step 3 with --activation-checkpointing. Checked here, in one process:
-(a) sharded steps equal single-process steps on the same data, (b) the killed-and-resumed run
+(a) sharded steps, and the held-out evaluation on the gathered weights, equal single-process
+ones on the same data, (b) the killed-and-resumed run
 logs the straight run's losses and ends on its weights, (c) the shards load unsharded and equal
 the gathered weights in the servable files.
 """
@@ -33,10 +34,17 @@ from tests.training.train_support import (  # noqa: F401
 from training.checkpointing import load_trainer_state
 from training.config import parse_config
 from training.data import make_dataloader, make_windows
+from training.evaluation import evaluate
 from training.fsdp_checkpoint import load_unsharded
 from training.metrics import read_metrics
 from training.objective import thought_seed
-from training.run import build_objective, load_corpus, make_optimizer, make_scheduler
+from training.run import (
+    _eval_windows,
+    build_objective,
+    load_corpus,
+    make_optimizer,
+    make_scheduler,
+)
 
 # AdamW divides each gradient element by its own RMS: an element whose gradient is at fp32
 # roundoff (embedding rows of tokens absent from the batch) moves by a noisy fraction of lr.
@@ -65,6 +73,7 @@ def runs(tmp_path_factory):
     heads = trained_heads_checkpoint(tmp)  # non-zero w: rewards well above fp32 noise
     data = write_jsonl(tmp / "gsm.jsonl", gsm_records(16))
     common = ("--init-heads", str(heads), "--keep-last", "5", "--max-steps", "3")
+    common += ("--eval-fraction", "0.25")  # 12 training documents, 4 held out, scored at the end
 
     def args(out: str, *extra: str) -> list[str]:
         return train_args(tmp / "plain", data, tmp / out, *common, *extra)
@@ -119,6 +128,8 @@ def reference_run(argv: list[str], steps: int, processes: int = 2):
         scalars = [o.scalars() for o in outs]
         record = {k: sum(float(s[k].detach()) for s in scalars) / processes for k in scalars[0]}
         records.append(dict(record, grad_norm=float(grad_norm), lr=lr))
+    held_out = _eval_windows(load_corpus(cfg)[1], objective.model.tokenizer, cfg)
+    records.append({"kind": "eval", **evaluate(objective.model, held_out, cfg)})
     return objective, records
 
 
@@ -133,11 +144,22 @@ def train_records(out: Path) -> list[dict]:
     return [r for r in read_metrics(out) if r["kind"] == "train"]
 
 
+def eval_record(out: Path) -> dict:
+    (record,) = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    return record
+
+
+def assert_evals_match(got: dict, want: dict) -> None:
+    for key in ("eval_base_nll", "eval_thought_nll", "eval_tokens"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5), key
+
+
 def test_sharded_steps_equal_single_process_steps(runs):
     tmp, args = runs
     objective, records = reference_run(args("straight"), steps=3)
-    assert_records_match(train_records(tmp / "straight"), records)
-    assert records[-1]["policy_loss"] > 0  # REINFORCE is part of the comparison
+    assert_records_match(train_records(tmp / "straight"), records[:-1])
+    assert_evals_match(eval_record(tmp / "straight"), records[-1])  # evaluated on gathered weights
+    assert records[-2]["policy_loss"] > 0  # REINFORCE is part of the comparison
     saved = quietstar.load(tmp / "straight" / "step_000003", dtype=torch.float32)
     want = objective.model.state_dict()
     for name, value in saved.state_dict().items():
@@ -148,7 +170,8 @@ def test_lora_sharded_steps_equal_single_process_steps(runs):
     """Frozen backbone weights inside the sharded layer units; LoRA factors in the root unit."""
     tmp, args = runs
     objective, records = reference_run(args("lora", *LORA), steps=2)
-    assert_records_match(train_records(tmp / "lora"), records)
+    assert_records_match(train_records(tmp / "lora"), records[:-1])
+    assert_evals_match(eval_record(tmp / "lora"), records[-1])
     state = load_trainer_state(tmp / "lora" / "step_000002")
     for name, value in objective.lora.state_dict().items():
         torch.testing.assert_close(state["lora"][name], value, rtol=1e-5, atol=PARAM_ATOL, msg=name)
@@ -167,6 +190,7 @@ def test_killed_and_resumed_run_logs_the_straight_losses(runs):
     assert [r["step"] for r in resumed] == [1, 2, 3]
     assert_records_match(resumed, straight, rel=1e-6)
     assert [r["tokens_seen"] for r in resumed] == [r["tokens_seen"] for r in straight]
+    assert_evals_match(eval_record(tmp / "resumed"), eval_record(tmp / "straight"))
     a = load_unsharded(tmp / "straight" / "step_000003")
     b = load_unsharded(tmp / "resumed" / "step_000003")
     for name in a:
