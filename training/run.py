@@ -140,7 +140,7 @@ def setup(
     train_docs, eval_docs = load_corpus(cfg)  # 1) data first: bad data fails before the model
     state = ckpt.load_trainer_state(resume) if resume else None
     if state is not None and cfg.fsdp != (state["optimizer"] is None):
-        saved_by = "an --fsdp run" if cfg.fsdp is False else "a run without --fsdp"
+        saved_by = "a run without --fsdp" if cfg.fsdp else "an --fsdp run"
         raise ValueError(f"{resume}: saved by {saved_by}; resume it with the same --fsdp setting")
     objective = build_objective(cfg, resume, state)  # 2) fp32 model, --mode, LoRA
     tokenizer = objective.model.tokenizer

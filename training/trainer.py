@@ -29,6 +29,7 @@ from .run import Run, make_accelerator, setup
 
 if TYPE_CHECKING:
     from quietstar import QuietStarModel
+    from quietstar.config import QuietStarConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,11 @@ def _write_gathered(run: Run, tmp: Path, full: dict[str, torch.Tensor]) -> None:
         ckpt.write_step(objective.model, objective.lora, _qconfig(run), _trainer_state(run), tmp)
 
 
-def _qconfig(run: Run):
+def _qconfig(run: Run) -> QuietStarConfig:
+    """The checkpoint's quietstar_config.json: the model's, updated with what this run trained."""
     model = run.accelerator.unwrap_model(run.objective).model
-    cfg = run.cfg
     return ckpt.trained_config(
-        model, cfg, run.step, run.tokens_seen, run.base_provenance, run.data_record
+        model, run.cfg, run.step, run.tokens_seen, run.base_provenance, run.data_record
     )
 
 
