@@ -23,24 +23,47 @@ from .sampling import sample_categorical
 
 
 class ParallelThoughtAttention:
-    """Keys: block 0 = the real tokens (causal, padding masked); blocks 1..k = one key each."""
+    """Keys: block 0 = the real tokens (causal, padding masked); blocks 1..k = one key each.
 
-    def __init__(self, num_layers: int, key_mask: torch.Tensor | None):
+    One object per pass: iteration 0 is the causal pass, `next_pass()` gives iteration k + 1 over
+    the same key store. A pass's `attend` is idempotent: run again (activation checkpointing
+    recomputes a layer in backward) it uses its own new k/v and the stored earlier ones, so the
+    re-run repeats the first run's operations exactly and leaves the store as it was.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        key_mask: torch.Tensor | None,
+        iteration: int = 0,
+        keys: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    ):
         self.key_mask = key_mask  # (B, T) bool
-        self.block0: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
-        self.diag: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(num_layers)]
+        self.iteration = iteration
+        # keys[layer][k] = (k, v) of iteration k, each (B, T, KVH, D)
+        self.keys = keys if keys is not None else [[] for _ in range(num_layers)]
+
+    def next_pass(self) -> ParallelThoughtAttention:
+        return ParallelThoughtAttention(
+            len(self.keys), self.key_mask, self.iteration + 1, self.keys
+        )
 
     def attend(self, layer: int, q, k, v):
-        if self.block0[layer] is None:
-            self.block0[layer] = (k, v)
+        stored = self.keys[layer]
+        if len(stored) == self.iteration:
+            stored.append((k, v))
+        elif len(stored) < self.iteration:
+            raise RuntimeError(
+                f"layer {layer}: pass {self.iteration} ran before pass {len(stored)}"
+            )
+        if self.iteration == 0:
             return sdpa(q, k, v, causal_mask(q.shape[1], self.key_mask, q.device))
-        self.diag[layer].append((k, v))
-        return self._branch_attend(layer, q)
+        return self._branch_attend(stored[0], stored[1 : self.iteration] + [(k, v)], q)
 
-    def _branch_attend(self, layer: int, q):
-        k0, v0 = self.block0[layer]  # (B, T, KVH, D)
-        kd = torch.stack([k for k, _ in self.diag[layer]], dim=1)  # (B, n, T, KVH, D)
-        vd = torch.stack([v for _, v in self.diag[layer]], dim=1)
+    def _branch_attend(self, block0, diag, q):
+        k0, v0 = block0  # (B, T, KVH, D)
+        kd = torch.stack([k for k, _ in diag], dim=1)  # (B, n, T, KVH, D)
+        vd = torch.stack([v for _, v in diag], dim=1)
         B, T, H, D = q.shape
         kvh = k0.shape[2]
         qg = q.view(B, T, kvh, H // kvh, D)  # (B, T, KVH, G, D)
@@ -92,6 +115,7 @@ def parallel_thought_forward(
     step_input = torch.full_like(ids, START_THOUGHT)
     sampled, logprobs = [], []
     for k in range(1, num_thought_tokens + 2 + n_talk):
+        attention = attention.next_pass()
         h = model.hidden(step_input, positions + k, attention)
         if k <= num_thought_tokens:  # output of START / c_{k-1} gives c_k
             logits = model.logits(h)

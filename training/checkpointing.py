@@ -132,16 +132,32 @@ def save_step(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        with lora.merged() if lora is not None else contextlib.nullcontext():
-            write_files(model, tmp, qconfig)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.rename(tmp, directory)
+        write_step(model, lora, qconfig, trainer_state, tmp)
+        publish(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def write_step(
+    model: QuietStarModel,
+    lora: LoraAdapters | None,
+    qconfig: QuietStarConfig,
+    trainer_state: dict[str, Any],
+    tmp: Path,
+) -> None:
+    """The servable files (LoRA merged in) and trainer_state.pt, into the staging dir `tmp`."""
+    with lora.merged() if lora is not None else contextlib.nullcontext():
+        write_files(model, tmp, qconfig)
+    torch.save(trainer_state, tmp / TRAINER_STATE)
+
+
+def publish(tmp: Path, directory: Path) -> None:
+    """Rename the complete staging dir into place (replacing an older copy of the step)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.rename(tmp, directory)
 
 
 def prune(out: str | os.PathLike, keep_last: int) -> None:

@@ -123,8 +123,15 @@ class TrainConfig:
     fsdp: bool = _opt(
         False,
         "optimisation",
-        "shard the model with FSDP under `accelerate launch` "
-        "(for models that do not fit one device; resume is not supported with it)",
+        "shard weights, gradients and AdamW states over the processes of `accelerate launch` "
+        "with FSDP2 (fully_shard, one unit per decoder layer, weights kept gathered through the "
+        "step's unrolled forward); checkpoints are saved sharded and resume exactly",
+    )
+    activation_checkpointing: bool = _opt(
+        False,
+        "optimisation",
+        "recompute each decoder layer in backward instead of keeping its activations for all "
+        "the step's thought passes (less memory, about one more forward of compute)",
     )
     # -- data
     data: str = _opt(
@@ -204,7 +211,6 @@ class TrainConfig:
             (self.eval_max_windows >= 1 and self.eval_batch_size >= 1, "eval sizes must be >= 1"),
             (bool(self.data), "--data is required"),
             (bool(self.init_heads), "--init-heads must be fresh, shipped or a directory"),
-            (not (self.fsdp and self.resume), "--resume is not supported with --fsdp"),
         ]
         for ok, message in checks:
             if not ok:

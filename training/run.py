@@ -31,9 +31,12 @@ from .data import (
     read_documents,
     split_documents,
 )
+from .fsdp import shard
+from .fsdp_checkpoint import load_sharded
 from .heads import data_record
 from .metrics import MetricsLog
 from .objective import QuietStarObjective, apply_mode
+from .recompute import checkpoint_layers
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class Run:
 # ---------------------------------------------------------------- set-up
 
 
+_SHARDABLE = (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+
 def mixed_precision(cfg: TrainConfig, caps: CpuCaps | None = None) -> tuple[str, DtypeChoice]:
     """accelerate's `mixed_precision` for `--dtype` on this machine, and the choice behind it."""
     compute = resolve_dtype(cfg.dtype, "cuda" if torch.cuda.is_available() else "cpu", caps)
@@ -65,31 +71,32 @@ def mixed_precision(cfg: TrainConfig, caps: CpuCaps | None = None) -> tuple[str,
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     precision, compute = mixed_precision(cfg)
-    kwargs: dict[str, Any] = {}
-    if cfg.fsdp:
-        from accelerate import FullyShardedDataParallelPlugin
-
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
     # cpu=True without CUDA: under a launcher (LOCAL_RANK set) that is MULTI_CPU, DDP on gloo.
+    # --fsdp: the launcher's process group only; training/fsdp.py shards and casts (no autocast).
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision=precision,
+        mixed_precision="no" if cfg.fsdp else precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        **kwargs,
     )
     if cfg.batch_size % accelerator.num_processes:
         raise ValueError(
             f"--batch-size {cfg.batch_size} is the global batch; it must be divisible "
             f"by the {accelerator.num_processes} processes"
         )
-    if cfg.fsdp and accelerator.distributed_type != DistributedType.FSDP:
-        log.warning(
-            "--fsdp: accelerate runs %s here (FSDP needs GPU processes); not sharding",
-            accelerator.distributed_type,
+    if cfg.fsdp and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "--fsdp shards with the trainer's own FSDP2: launch with a plain multi-GPU accelerate "
+            "config (training/accelerate/fsdp2_8gpu.yaml), not accelerate's FSDP plugin"
+        )
+    if cfg.fsdp and accelerator.distributed_type not in _SHARDABLE:
+        raise ValueError(
+            f"--fsdp shards over several processes: start it with `accelerate launch "
+            f"--multi_gpu --num_processes N -m training ...` (got {accelerator.distributed_type})"
         )
     log.info(
-        "accelerate: %s, %d process(es), device %s; compute %s (%s), weights fp32",
+        "accelerate: %s%s, %d process(es), device %s; compute %s (%s), weights fp32",
         accelerator.distributed_type,
+        " + FSDP2 (fully_shard)" if cfg.fsdp else "",
         accelerator.num_processes,
         accelerator.device,
         compute.name,
@@ -132,17 +139,22 @@ def setup(
     """-> (Run, train dataloader, eval windows or None)."""
     train_docs, eval_docs = load_corpus(cfg)  # 1) data first: bad data fails before the model
     state = ckpt.load_trainer_state(resume) if resume else None
+    if state is not None and cfg.fsdp != (state["optimizer"] is None):
+        saved_by = "a run without --fsdp" if cfg.fsdp else "an --fsdp run"
+        raise ValueError(f"{resume}: saved by {saved_by}; resume it with the same --fsdp setting")
     objective = build_objective(cfg, resume, state)  # 2) fp32 model, --mode, LoRA
     tokenizer = objective.model.tokenizer
     config = objective.model.config
     fresh_provenance = config.provenance  # {} for fresh heads on an untrained backbone
     train_windows = make_windows(train_docs, tokenizer, cfg.seq_len, cfg.seed)  # 3) windows
     eval_windows = _eval_windows(eval_docs, tokenizer, cfg)
-    if cfg.fsdp:  # FSDP shards the parameters first; the optimizer is built over the shards
-        objective = accelerator.prepare(objective)
+    if cfg.fsdp:  # shard first: the optimizer is built over the shards
+        shard(objective, mixed_precision(cfg)[1].dtype, accelerator.device)
     optimizer = make_optimizer(objective, cfg)  # 4) optimizer + schedule, restored on resume
     scheduler = make_scheduler(optimizer, cfg)
     step, tokens, base_provenance = restore(optimizer, scheduler, state, fresh_provenance)
+    if cfg.fsdp and resume:
+        load_sharded(objective, optimizer, resume)
     loader = make_dataloader(  # 5) the data position: samples consumed so far
         train_windows, cfg.batch_size, cfg.seed, step * cfg.batch_size, cfg.max_steps - step
     )
@@ -176,6 +188,8 @@ def build_objective(
     set_seed(cfg.seed)  # fresh heads and LoRA factors are initialised from the seed
     model = ckpt.load_model(cfg, resume)  # fp32 master weights (spec §3.7)
     lora = apply_mode(model, cfg)
+    if cfg.activation_checkpointing:
+        checkpoint_layers(model.backbone)
     if lora is not None and state is not None:
         lora.load_state_dict(state["lora"])
     return QuietStarObjective(model, cfg, lora)
@@ -191,7 +205,8 @@ def restore(
     """Load a resumed run's optimizer/scheduler/RNG -> (step, tokens seen, base provenance)."""
     if state is None:
         return 0, 0, fresh_provenance
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:  # None: an --fsdp checkpoint, whose states are sharded
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(state["rng"])
     log.info("resumed at step %d", state["step"])

@@ -1,5 +1,5 @@
 """The training loop: `train(cfg)` and `train_step` (thoughts + losses -> backward -> clip ->
-update -> metrics), data-parallel through `accelerate` (one process, DDP, or FSDP), with
+update -> metrics), data-parallel through `accelerate` (one process, DDP, or FSDP2), with
 held-out evaluation and step checkpoints. Set-up lives in run.py.
 """
 
@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +19,17 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpointing as ckpt
+from . import fsdp
 from .config import TrainConfig
 from .data import Windows
 from .evaluation import evaluate
+from .fsdp_checkpoint import save_sharded
 from .objective import ObjectiveOutput, thought_seed
 from .run import Run, make_accelerator, setup
 
 if TYPE_CHECKING:
     from quietstar import QuietStarModel
+    from quietstar.config import QuietStarConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     seed = thought_seed(run.cfg.seed, run.step, run.accelerator.process_index)
     out = run.objective(batch["ids"], batch["mask"], seed)  # 1) thoughts + losses
     run.accelerator.backward(out.losses.total)  # 2) backward
+    if run.cfg.fsdp:
+        fsdp.reshard(run.objective)
     grad_norm = _clip(run)  # 3) clip
     run.optimizer.step()  # 4) update
     run.scheduler.step()
@@ -48,7 +54,10 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def _clip(run: Run) -> torch.Tensor:
     params = [p for p in run.objective.parameters() if p.requires_grad]
-    return run.accelerator.clip_grad_norm_(params, run.cfg.max_grad_norm or float("inf"))
+    max_norm = run.cfg.max_grad_norm or float("inf")
+    if run.cfg.fsdp:
+        return fsdp.clip_grad_norm_(params, max_norm)
+    return run.accelerator.clip_grad_norm_(params, max_norm)
 
 
 def _step_metrics(run: Run, out: ObjectiveOutput, grad_norm, lr: float, seconds: float) -> dict:
@@ -73,9 +82,12 @@ def maybe_evaluate(run: Run, windows: Windows | None, final: bool) -> bool:
     due = final or (cfg.eval_every > 0 and run.step % cfg.eval_every == 0)
     if windows is None or not due:
         return False
-    with _full_params(run, rank0_only=False):
-        if run.accelerator.is_main_process:
+    # FSDP: every process gathers the weights and runs the same layer calls (FSDP's hooks keep
+    # per-process bookkeeping that must stay alike); rank 0 records
+    with fsdp.gathered(run.objective) if cfg.fsdp else contextlib.nullcontext():
+        if run.accelerator.is_main_process or cfg.fsdp:
             result = evaluate(_model(run), windows, cfg)
+        if run.accelerator.is_main_process:
             run.metrics.write({"kind": "eval", "step": run.step, **result})
             log.info(
                 "eval step %d: NLL base %.4f thought %.4f | hardest 10%%: base %.4f thought %.4f",
@@ -92,22 +104,33 @@ def maybe_evaluate(run: Run, windows: Windows | None, final: bool) -> bool:
 def save_checkpoint(run: Run) -> Path:
     cfg, accelerator = run.cfg, run.accelerator
     directory = ckpt.step_dir(cfg.out, run.step)
-    with _full_params(run, rank0_only=True):
-        if accelerator.is_main_process:
-            objective = accelerator.unwrap_model(run.objective)
-            qconfig = ckpt.trained_config(
-                objective.model,
-                cfg,
-                run.step,
-                run.tokens_seen,
-                run.base_provenance,
-                run.data_record,
-            )
-            ckpt.save_step(objective.model, objective.lora, qconfig, _trainer_state(run), directory)
-            ckpt.prune(cfg.out, cfg.keep_last)
-            log.info("saved %s", directory)
+    if cfg.fsdp:
+        optimizer = run.optimizer.optimizer  # under accelerate's AcceleratedOptimizer
+        save_sharded(run.objective, optimizer, directory, partial(_write_gathered, run))
+    elif accelerator.is_main_process:
+        objective = accelerator.unwrap_model(run.objective)
+        state = _trainer_state(run)
+        ckpt.save_step(objective.model, objective.lora, _qconfig(run), state, directory)
+    if accelerator.is_main_process:
+        ckpt.prune(cfg.out, cfg.keep_last)
+        log.info("saved %s", directory)
     accelerator.wait_for_everyone()
     return directory
+
+
+def _write_gathered(run: Run, tmp: Path, full: dict[str, torch.Tensor]) -> None:
+    """Rank 0 of an --fsdp save: the servable files from the gathered fp32 parameters."""
+    objective = run.objective
+    with fsdp.swapped_in(objective, full):
+        ckpt.write_step(objective.model, objective.lora, _qconfig(run), _trainer_state(run), tmp)
+
+
+def _qconfig(run: Run) -> QuietStarConfig:
+    """The checkpoint's quietstar_config.json: the model's, updated with what this run trained."""
+    model = run.accelerator.unwrap_model(run.objective).model
+    return ckpt.trained_config(
+        model, run.cfg, run.step, run.tokens_seen, run.base_provenance, run.data_record
+    )
 
 
 def _trainer_state(run: Run) -> dict[str, Any]:
@@ -124,17 +147,6 @@ def _trainer_state(run: Run) -> dict[str, Any]:
         "train_config": asdict(run.cfg),
         "num_processes": run.accelerator.num_processes,
     }
-
-
-def _full_params(run: Run, rank0_only: bool) -> contextlib.AbstractContextManager:
-    """FSDP: gather the full parameters while rank 0 saves or evaluates the unwrapped model."""
-    if not run.cfg.fsdp:
-        return contextlib.nullcontext()
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    return FSDP.summon_full_params(
-        run.objective, writeback=False, rank0_only=rank0_only, offload_to_cpu=rank0_only
-    )
 
 
 def _model(run: Run) -> QuietStarModel:

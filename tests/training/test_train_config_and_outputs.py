@@ -61,7 +61,6 @@ def test_every_field_is_a_flag_with_help_and_the_parser_round_trips():
         ["--mode", "nope"],
         ["--seq-len", "3"],
         ["--original-loss-weight", "2"],
-        ["--fsdp", "--resume", "auto"],
     ],
 )
 def test_invalid_values_are_usage_errors(bad):
