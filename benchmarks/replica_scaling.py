@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64, help="visible tokens per request")
     p.add_argument("--concurrency", default="1,8", help="comma-separated stream counts")
     p.add_argument(
+        "--data-file",
+        type=Path,
+        default=online_serving.DEFAULT_DATA,
+        help="GSM8K-style JSONL of prompts (as `bench serve`)",
+    )
+    p.add_argument(
         "--sides", default=",".join(SIDES), help="comma-separated subset of: " + ", ".join(SIDES)
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench/replicas"), help="output stem")
@@ -71,6 +77,7 @@ def measure(args: argparse.Namespace, side: str, round_: int) -> dict[int, float
     flags = f"--model {args.model} --max-num-seqs 8 --replica-cpus 1 {SIDES[side]}"
     bench = ["--launch", flags, "--thoughts", "off", "--concurrency", args.concurrency]
     bench += ["--num-requests", str(args.num_requests), "--max-tokens", str(args.max_tokens)]
+    bench += ["--data-file", str(args.data_file)]
     assert online_serving.main([*bench, "--out", str(stem)]) == 0, f"{side}: requests failed"
     report = json.loads(stem.with_suffix(".json").read_text())
     return {r["concurrency"]: r["visible_tokens_per_s"] for r in report["results"]}

@@ -1,10 +1,10 @@
 """ReplicaEngineClient: the ingress's handle on the engine replicas, with the AsyncEngine surface
 (generate, abort, score, validate, start, shutdown) that `server.api` serves from.
 
-Ray picks the replica for each call (power of two choices). A replica that dies before it sent
-anything is retried on another (Ray does not retry streaming calls); one that dies mid-stream
-ends the stream with ReplicaDiedError, which the API reports as a 500 error (an SSE error event
-on streams). Closing a `generate` iterator cancels the Ray call, which cancels the replica's
+Ray picks the replica for each call (power of two choices). A replica that dies (its actor, or
+the engine core inside it) before it sent anything is retried on another (Ray does not retry
+streaming calls); one that dies mid-stream ends the stream with ReplicaDiedError, which the API
+reports as a 500 error (an SSE error event on streams). Closing a `generate` iterator cancels the Ray call, which cancels the replica's
 generator, which aborts the engine request.
 """
 
@@ -20,7 +20,13 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from server.engine import RequestOutput, SamplingParams, ScoreOutput, ThoughtParams
+from server.engine import (
+    EngineDeadError,
+    RequestOutput,
+    SamplingParams,
+    ScoreOutput,
+    ThoughtParams,
+)
 from server.engine.limits import RequestLimits
 
 log = logging.getLogger(__name__)
@@ -84,7 +90,7 @@ class ReplicaEngineClient:
                     is_started = True
                     yield out
                 return
-            except RayActorError as e:
+            except (RayActorError, EngineDeadError) as e:  # the actor, or its engine core, died
                 if is_started:
                     raise ReplicaDiedError(
                         f"the engine replica serving this request died mid-answer ({e.__class__.__name__}); "

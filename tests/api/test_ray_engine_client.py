@@ -157,3 +157,10 @@ def test_health_follows_the_replica_counts(monkeypatch, states, verdict):
     assert (body["status"], code) == verdict
     assert body["replicas"]["target"] == 2
     assert body["replicas"]["running"] == states.get("RUNNING", 0)
+
+
+def test_a_dead_engine_core_inside_a_replica_counts_as_a_dead_replica():
+    from server.engine import EngineDeadError
+
+    c, handle = client([Call([], EngineDeadError("core died")), Call(outputs(2), None)])
+    assert len(asyncio.run(collect(c))) == 2 and len(handle.calls) == 2
