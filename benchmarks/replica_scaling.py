@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="GSM8K-style JSONL of prompts (as `bench serve`)",
     )
     p.add_argument(
-        "--sides", default=",".join(SIDES), help="comma-separated subset of: " + ", ".join(SIDES)
+        "--sides",
+        default=";".join(SIDES),
+        help="semicolon-separated subset of: " + "; ".join(SIDES),
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench/replicas"), help="output stem")
     return p
@@ -85,7 +87,10 @@ def measure(args: argparse.Namespace, side: str, round_: int) -> dict[int, float
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sides = [s.strip() for s in args.sides.split(",")]
+    sides = [s.strip() for s in args.sides.split(";")]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        raise SystemExit(f"unknown side(s) {unknown}; known: {'; '.join(SIDES)}")
     measured: dict[str, list[dict[int, float]]] = {side: [] for side in sides}
     for round_ in range(args.rounds):
         for side in sides:
