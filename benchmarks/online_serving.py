@@ -9,6 +9,7 @@ also right for servers that report no reasoning tokens. Talks HTTP only (httpx);
 from the project.
 
     python -m benchmarks.online_serving --base-url http://127.0.0.1:8000/v1 --concurrency 1,8
+    quietstar bench serve --launch "--model default --replicas 2" --concurrency 8
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which API to load",
     )
     target.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
+    target.add_argument(
+        "--launch",
+        default=None,
+        metavar="FLAGS",
+        help="start `quietstar serve FLAGS` on a free port (e.g. '--model default --replicas 2'), "
+        "wait for /health ok, bench it instead of --base-url, then stop it; log: OUT.server.log",
+    )
     load = p.add_argument_group("load")
     load.add_argument(
         "--concurrency",
@@ -313,7 +321,14 @@ def main(argv: list[str] | None = None, transport: httpx.AsyncBaseTransport | No
         print("--thoughts off contradicts --thought-tokens", file=sys.stderr)
         return 2
     try:
-        report = asyncio.run(run(args, transport))
+        if args.launch is None:
+            report = asyncio.run(run(args, transport))
+        else:
+            from benchmarks.launch import launched
+
+            log = (args.out or Path("runs/bench/serve")).with_suffix(".server.log")
+            with launched(args.launch, log) as args.base_url:
+                report = asyncio.run(run(args, transport))
     except (OSError, ValueError, httpx.HTTPError) as e:
         print(f"online_serving: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 On SIGINT/SIGTERM uvicorn stops accepting connections; running requests get --shutdown-timeout
 seconds to finish, then are aborted (`server.api.drain`), and the lifespan stops the engine.
+With --replicas N, Ray Serve serves instead (`server.replicas`).
 uvicorn re-raises the signal once it is done, so the exit status reports it. A model that fails
 to load, or an engine-core process that dies, stops the server with exit status 1.
 """
@@ -20,6 +21,10 @@ DRAIN_MARGIN_S = 10.0  # aborted streams get this long to send their error event
 def main(argv: list[str] | None = None) -> int:
     config = from_args(sys.argv[1:] if argv is None else argv)
     configure_logging(config.log_level)
+    if config.replicas is not None:  # Ray Serve; nothing of Ray is imported otherwise
+        from server.replicas import run
+
+        return run(config)
     import uvicorn
 
     from server.api import build_app, drain

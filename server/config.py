@@ -52,6 +52,7 @@ def _flag(
 
 
 HTTP, THOUGHTS, LOGGING = "HTTP server", "default thought settings", "logging"
+REPLICAS = "replicas on Ray Serve (pip install '.[ray]')"
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,23 @@ class ServerConfig:
         parse=parse_effort_tokens,
     )
     log_level: str = _flag("info", "log level", LOGGING, choices=LOG_LEVELS)
+    replicas: int | None = _flag(
+        None,
+        "serve N engine replicas behind Ray Serve's HTTP proxy, each with its own model copy "
+        "(default: one engine in this process, and Ray is not imported)",
+        REPLICAS,
+    )
+    ray_address: str | None = _flag(
+        None,
+        "Ray cluster to join, e.g. `auto` for the one `ray start --head` started on this "
+        "machine (default: start a local cluster for this server)",
+        REPLICAS,
+    )
+    replica_cpus: float = _flag(
+        1.0,
+        "CPUs Ray reserves for each replica (with --device cuda each also gets 1 GPU)",
+        REPLICAS,
+    )
 
     def __post_init__(self) -> None:
         e = self.engine
@@ -131,6 +149,12 @@ class ServerConfig:
             ),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}"),
             (self.served_model_name != "", "--served-model-name must not be empty"),
+            (self.replicas is None or self.replicas >= 1, "--replicas must be >= 1"),
+            (self.replica_cpus > 0, f"--replica-cpus must be > 0, got {self.replica_cpus}"),
+            (
+                self.ray_address is None or self.replicas is not None,
+                "--ray-address needs --replicas",
+            ),
         ]
         for level, tokens in self.reasoning_effort_tokens.items():
             checks.append(
@@ -228,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "engine.",
     )
     server_fields = [f for f in dataclasses.fields(ServerConfig) if f.name != "engine"]
-    for title in (HTTP, THOUGHTS, LOGGING):
+    for title in (HTTP, THOUGHTS, LOGGING, REPLICAS):
         _add_fields(
             parser.add_argument_group(title),
             [f for f in server_fields if f.metadata["group"] == title],

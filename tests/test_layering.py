@@ -76,3 +76,23 @@ def test_training_does_not_import_the_server():
         pytest.skip("training/ does not exist yet")
     modules = imported_modules("training", walk=True)
     assert offenders(modules, ("server", "clients")) == []
+
+
+def test_plain_serve_imports_no_ray():
+    """Without --replicas, `quietstar serve` neither imports nor starts Ray."""
+    probe = (
+        "import json, sys\n"
+        "import server.__main__, server.api.app\n"
+        "from server.config import from_args\n"
+        "config = from_args(['--model', 'default'])\n"
+        "server.api.app.build_app(config)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert "server.api.app" in modules and "server.config" in modules
+    assert offenders(modules, ("ray",)) == []
+    assert not any(m.startswith("server.replicas") for m in modules)

@@ -43,7 +43,8 @@ def build_app(config: ServerConfig, engine: Any | None = None) -> FastAPI:
     state = app.state
     state.config, state.engine, state.serving = config, None, None
     state.status, state.load_error, state.on_fatal = "loading", None, None
-    state.admission = Admission(config.engine.max_num_seqs + config.queue_size)
+    slots = config.engine.max_num_seqs * (config.replicas or 1)  # --replicas: each its own engine
+    state.admission = Admission(slots + config.queue_size)
     state.metrics = ServerMetrics(lambda: state.engine, lambda: state.admission.in_flight)
     if engine is not None:
         _attach(app, engine)

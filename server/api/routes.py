@@ -50,6 +50,10 @@ def serving_of(request: Request) -> Serving:
 @router.get("/health", responses={503: {"description": "loading, failed, dead or stopping"}})
 async def health(request: Request) -> JSONResponse:
     state = request.app.state
+    replica_health = getattr(state.engine, "replica_health", None)  # --replicas: Ray's counts
+    if state.status == "ready" and replica_health is not None:
+        body, status = await replica_health()
+        return JSONResponse(body, status_code=status)
     if state.status == "ready":
         return JSONResponse({"status": "ok"})
     body = {"status": state.status}

@@ -120,3 +120,28 @@ def test_percentile_interpolates():
     assert online_serving.percentile([], 50) is None
     assert online_serving.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert online_serving.percentile([5.0], 99) == 5.0
+
+
+def test_launch_starts_benches_and_stops_a_server(tiny_checkpoint, tmp_path):
+    out = tmp_path / "launched"
+    flags = f"--model {tiny_checkpoint} --dtype float32 --max-model-len 256 --num-threads 1"
+    code = online_serving.main(
+        ["--launch", flags, "--data-file", str(data_file(tmp_path)), "--concurrency", "2"]
+        + ["--num-requests", "2", "--warmup", "0", "--max-tokens", "3", "--out", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["config"]["launch"] == flags
+    (level,) = report["results"]
+    assert level["completed"] == 2 and level["visible_tokens"] == 6
+    port = int(report["config"]["base_url"].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(httpx.HTTPError):  # stopped afterwards
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    assert "loading model" in out.with_suffix(".server.log").read_text()
+
+
+def test_launch_reports_a_server_that_does_not_start(tmp_path, capsys):
+    out = tmp_path / "bad"
+    code = online_serving.main(["--launch", "--model default --port-typo 1", "--out", str(out)])
+    assert code == 1
+    assert "the server exited with 2" in capsys.readouterr().err

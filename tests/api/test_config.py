@@ -79,6 +79,12 @@ def test_flags_reach_both_configs(monkeypatch):
     assert from_args(["--api-key", "flag"]).api_key == "flag"  # the flag wins
 
 
+def test_replica_flags():
+    assert from_args([]).replicas is None  # no Ray unless asked
+    config = from_args(["--replicas", "3", "--ray-address", "auto", "--replica-cpus", "0.5"])
+    assert (config.replicas, config.ray_address, config.replica_cpus) == (3, "auto", 0.5)
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -90,6 +96,9 @@ def test_flags_reach_both_configs(monkeypatch):
         ["--reasoning-effort-tokens", "low"],
         ["--max-model-len", "0"],
         ["--queue-size", "-1"],
+        ["--replicas", "0"],
+        ["--replicas", "2", "--replica-cpus", "0"],
+        ["--ray-address", "auto"],  # needs --replicas
     ],
 )
 def test_bad_flags_exit_2(argv, capsys):
