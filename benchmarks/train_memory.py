@@ -42,7 +42,7 @@ def saved_bytes(objective, rows: int, seq_len: int) -> dict[str, int]:
     for layer in objective.model.backbone.layers:
         layer.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
         layer.register_forward_hook(lambda *_: inside.__setitem__(0, False))
-    ids = torch.randint(0, 256, (rows // objective.cfg.n_passes, seq_len))
+    ids = torch.randint(0, 256, (rows // objective.cfg.num_thoughts, seq_len))
     mask = torch.ones_like(ids, dtype=torch.bool)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         objective(ids, mask, seed=0)
@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-ahead", type=int, nargs="+", default=[8, 12], help="n_ahead values")
     parser.add_argument("--n-ahead-talk", type=int, default=4, help="n_ahead_talk")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per window")
-    parser.add_argument("--rows", type=int, default=2, help="rows per process (batch x n_passes)")
+    parser.add_argument(
+        "--rows", type=int, default=2, help="rows per process (batch x num_thoughts)"
+    )
     parser.add_argument(
         "--activation-checkpointing",
         choices=("both", "off", "on"),

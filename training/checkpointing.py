@@ -96,7 +96,7 @@ def trained_config(
         "mode": cfg.mode,
         "seq_len": cfg.seq_len,
         "batch_size": cfg.batch_size,
-        "n_passes": cfg.n_passes,
+        "num_thoughts": cfg.num_thoughts,
         "lr": cfg.lr,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "trainer": "quietstar train",

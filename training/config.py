@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MODES = ("full", "heads", "lora")
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -58,10 +61,10 @@ class TrainConfig:
         "quiet-star",
         "teacher-forced future tokens scored after each thought (non-myopic loss, spec §3.6)",
     )
-    n_passes: int = _opt(
+    num_thoughts: int = _opt(
         2,
         "quiet-star",
-        "thoughts sampled per position; the REINFORCE baseline "
+        "thoughts sampled per position (the spec's n_passes); the REINFORCE baseline "
         "is their mean (spec §3.6.5; 1 disables the policy gradient)",
     )
     thought_temperature: float = _opt(
@@ -109,7 +112,7 @@ class TrainConfig:
         8,
         "optimisation",
         "sequences per optimizer step, over all processes "
-        "(each is duplicated n_passes times inside the step)",
+        "(each is duplicated num_thoughts times inside the step)",
     )
     seed: int = _opt(42, "optimisation", "seed for data order, windows, thoughts and init")
     dtype: str = _opt(
@@ -196,7 +199,7 @@ class TrainConfig:
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.n_ahead >= 3, "n_ahead must be >= 3 (base position + <start> + <end>)"),
             (self.n_ahead_talk >= 1, "n_ahead_talk must be >= 1"),
-            (self.n_passes >= 1, "n_passes must be >= 1"),
+            (self.num_thoughts >= 1, "--num-thoughts must be >= 1"),
             (self.seq_len >= self.n_ahead_talk + 2, "seq_len must be >= n_ahead_talk + 2"),
             (self.batch_size >= 1 and self.max_steps >= 0, "batch_size >= 1 and max_steps >= 0"),
             (self.lr > 0 and self.warmup_steps >= 0, "lr must be > 0 and warmup_steps >= 0"),
@@ -248,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# old spelling -> flag: still accepted, with a warning (one word per concept across the project)
+DEPRECATED_FLAGS = {"--n-passes": "--num-thoughts"}
+
+
+class _WarnIfDeprecated(argparse._StoreAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in DEPRECATED_FLAGS:
+            logger.warning(
+                "%s is deprecated; use %s", option_string, DEPRECATED_FLAGS[option_string]
+            )
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_flag(target: argparse._ActionsContainer, f: Field) -> None:
     """One config dataclass field as a flag: its default, type, help and choices."""
     flag = "--" + f.name.replace("_", "-")
@@ -257,8 +273,11 @@ def add_flag(target: argparse._ActionsContainer, f: Field) -> None:
             flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"]
         )
     else:
+        old = [o for o, new in DEPRECATED_FLAGS.items() if new == flag]
         target.add_argument(
             flag,
+            *old,
+            action=_WarnIfDeprecated,
             type=type(default),
             default=default,
             help=f.metadata["help"],

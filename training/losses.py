@@ -1,6 +1,6 @@
 """Quiet-STaR loss terms as pure functions of logits, targets and masks (spec §3.6).
 
-Shapes: B rows (the batch with each sequence repeated n_passes times, copies adjacent), L tokens,
+Shapes: B rows (the batch with each sequence repeated num_thoughts times, copies adjacent), L tokens,
 V vocabulary, K sampled thought tokens, T = n_ahead_talk. `mixed_logits[s][:, i]` predicts
 x_{i+s+1}; a target counts only where the key mask marks it as a real token (padding ignored).
 """
@@ -73,10 +73,10 @@ def thought_reward(
     return reward.detach()
 
 
-def thought_advantage(reward: torch.Tensor, n_passes: int) -> torch.Tensor:
-    """spec §3.6.5: A = max(0, r - mean over the n_passes copies of the row), detached."""
+def thought_advantage(reward: torch.Tensor, num_thoughts: int) -> torch.Tensor:
+    """spec §3.6.5: A = max(0, r - mean over the num_thoughts copies of the row), detached."""
     B, R = reward.shape
-    grouped = reward.view(B // n_passes, n_passes, R)
+    grouped = reward.view(B // num_thoughts, num_thoughts, R)
     advantage = (grouped - grouped.mean(dim=1, keepdim=True)).clamp(min=0)
     return advantage.view(B, R).detach()
 
@@ -98,7 +98,7 @@ def quietstar_loss(
     thought_logprobs: torch.Tensor | None,
     ids: torch.Tensor,
     key_mask: torch.Tensor,
-    n_passes: int,
+    num_thoughts: int,
     original_loss_weight: float = 0.5,
     policy_loss_beta: float = 1e6,
 ) -> LossTerms:
@@ -107,6 +107,6 @@ def quietstar_loss(
     talk_logp = [target_logprobs(z, ids, s) for s, z in enumerate(mixed_logits)]
     nll, base, talk = nll_objective(base_logp, talk_logp, key_mask, original_loss_weight)
     reward = thought_reward(base_logp, talk_logp, key_mask)
-    advantage = thought_advantage(reward, n_passes)
+    advantage = thought_advantage(reward, num_thoughts)
     policy = policy_loss(thought_logprobs, advantage)
     return LossTerms(nll + policy_loss_beta * policy, nll, base, talk, policy, reward, advantage)

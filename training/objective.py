@@ -1,6 +1,6 @@
 """What one training forward computes, as an nn.Module so DDP/FSDP can wrap it.
 
-`QuietStarObjective.forward(ids, key_mask, seed)`: repeat every sequence n_passes times (copies
+`QuietStarObjective.forward(ids, key_mask, seed)`: repeat every sequence num_thoughts times (copies
 adjacent, spec §3.6), run THE parallel thought forward of the core
 (`quietstar.parallel.parallel_thought_forward`) with thoughts sampled at every position, and score
 it with `training.losses.quietstar_loss`. Also owns which parameters train in each `--mode`.
@@ -92,8 +92,8 @@ class QuietStarObjective(nn.Module):
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor, seed: int) -> ObjectiveOutput:
         cfg = self.cfg
         num_tokens = key_mask.sum()
-        ids = ids.repeat_interleave(cfg.n_passes, dim=0)  # (B*P, L), copies adjacent
-        key_mask = key_mask.repeat_interleave(cfg.n_passes, dim=0)
+        ids = ids.repeat_interleave(cfg.num_thoughts, dim=0)  # (B*P, L), copies adjacent
+        key_mask = key_mask.repeat_interleave(cfg.num_thoughts, dim=0)
         generator = torch.Generator(ids.device).manual_seed(seed)
         out = thought_forward(self.model, ids, key_mask, cfg, generator)
         losses = quietstar_loss(
@@ -102,7 +102,7 @@ class QuietStarObjective(nn.Module):
             out.thought_logprobs,
             ids,
             key_mask,
-            n_passes=cfg.n_passes,
+            num_thoughts=cfg.num_thoughts,
             original_loss_weight=cfg.original_loss_weight,
             policy_loss_beta=cfg.policy_loss_beta,
         )

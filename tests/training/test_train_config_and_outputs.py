@@ -26,7 +26,7 @@ from training.run import lr_factor
 
 def test_defaults_are_the_papers():
     cfg = TrainConfig()
-    assert (cfg.n_ahead, cfg.n_ahead_talk, cfg.n_passes, cfg.thought_tokens) == (12, 4, 2, 9)
+    assert (cfg.n_ahead, cfg.n_ahead_talk, cfg.num_thoughts, cfg.thought_tokens) == (12, 4, 2, 9)
     assert (cfg.lr, cfg.warmup_steps, cfg.weight_decay, cfg.max_grad_norm) == (1e-6, 20, 0.001, 1.0)
     assert (cfg.seq_len, cfg.batch_size, cfg.seed, cfg.max_steps) == (256, 8, 42, 100)
     assert (cfg.reinforce_temperature, cfg.policy_loss_beta, cfg.original_loss_weight) == (
@@ -157,3 +157,13 @@ def test_plot_smooths_long_runs_and_accepts_a_metrics_file(tmp_path):
     write_jsonl(tmp_path / "metrics.jsonl", records)
     assert plot_run(tmp_path / "metrics.jsonl") == tmp_path / "metrics.png"
     assert (tmp_path / "metrics.png").stat().st_size > 1000
+
+
+def test_the_old_n_passes_flag_still_works_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="training.config"):
+        assert parse_config(["--n-passes", "3"]).num_thoughts == 3
+    assert "--n-passes is deprecated; use --num-thoughts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.config"):
+        assert parse_config(["--num-thoughts", "4"]).num_thoughts == 4
+    assert "deprecated" not in caplog.text

@@ -68,9 +68,9 @@ def test_advantage_mean_over_passes_baseline_and_clamp():
             [2.0, 5.0],
         ]
     )  # sequence 1
-    adv = thought_advantage(reward, n_passes=2)
+    adv = thought_advantage(reward, num_thoughts=2)
     assert adv.tolist() == [[0.0, 2.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.5]]
-    three = thought_advantage(torch.tensor([[0.0], [3.0], [6.0]]), n_passes=3)
+    three = thought_advantage(torch.tensor([[0.0], [3.0], [6.0]]), num_thoughts=3)
     assert three.tolist() == [[0.0], [0.0], [3.0]]
 
 
@@ -109,7 +109,7 @@ def test_quietstar_loss_matches_cross_entropy_and_formula():
         logp,
         ids,
         key_mask,
-        n_passes=2,
+        num_thoughts=2,
         original_loss_weight=0.5,
         policy_loss_beta=10.0,
     )
@@ -139,7 +139,7 @@ def test_base_thought_identical_gives_zero_reward_and_policy():
     base = torch.randn(2, 5, 5, generator=g)
     mixed = [base, torch.cat((base[:, 1:], torch.zeros_like(base[:, :1])), dim=1)]
     terms = quietstar_loss(
-        base, mixed, -torch.rand(2, 5, 2), ids, torch.ones(2, 5, dtype=torch.bool), n_passes=2
+        base, mixed, -torch.rand(2, 5, 2), ids, torch.ones(2, 5, dtype=torch.bool), num_thoughts=2
     )
     assert terms.reward.abs().max().item() == 0.0
     assert terms.policy.item() == 0.0
