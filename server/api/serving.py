@@ -1,6 +1,8 @@
 """Protocol <-> engine: request preparation (model check, sampling params, engine validation,
 admission) into a `Job`, and the two drivers: collect-then-respond (aborting when the client
-disconnects) and server-sent events (an error event, never [DONE], after a failure)."""
+disconnects) and server-sent events, which always end with `data: [DONE]`: after a failure
+mid-stream, an error event comes first (vLLM's serving_chat / serving_completion do the same: the
+status line is already sent, so the error travels in-band, and clients waiting for [DONE] stop)."""
 
 from __future__ import annotations
 
@@ -183,7 +185,8 @@ class Serving:
         )
 
     def stream(self, job: Job, builder: Builder) -> StreamingResponse:
-        """Server-sent events ending in [DONE]; after an error, an error event and no [DONE]."""
+        """Server-sent events ending in [DONE]; after an error, an error event, then [DONE]. A
+        client that went away gets nothing more (the generator is closed, not resumed)."""
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -215,6 +218,7 @@ class Serving:
                     exc_info=error.status == 500,
                 )
                 yield formatting.sse_error(error.body())
+                yield formatting.DONE
             finally:  # cancelled: the client went away (no-op when already finished)
                 if job.outcome is None:
                     log.info("%s: client disconnected; aborted", job.request_id)

@@ -186,7 +186,7 @@ def test_killed_core_fails_in_flight_requests_and_stops_the_server(served):
     assert results["plain"].status_code == 500 and plain["code"] == "engine_dead"
     assert plain["type"] == "server_error" and "died" in plain["message"]
     events = sse_events(results["stream"].text)
-    assert events[-1]["error"]["code"] == "engine_dead"
+    assert events[-2]["error"]["code"] == "engine_dead" and events[-1] == "[DONE]"
     assert new.status_code == 503 and new.json()["error"]["code"] == "engine_dead"
 
 
