@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server import env
-from server.engine import EngineConfig
+from server.engine import EngineConfig, ModelInfo
 
 THOUGHT_MODES = ("auto", "on", "off")
 ENGINE_CORES = ("process", "thread")
@@ -171,13 +171,13 @@ class RequestDefaults:
     effort_tokens: Mapping[str, int]
 
     @classmethod
-    def resolve(cls, config: ServerConfig, model_info: Mapping[str, Any]) -> RequestDefaults:
+    def resolve(cls, config: ServerConfig, model_info: ModelInfo) -> RequestDefaults:
         mode = config.thoughts
-        enabled = bool(model_info.get("heads_trained")) if mode == "auto" else mode == "on"
+        enabled = model_info.heads_trained if mode == "auto" else mode == "on"
         return cls(
             config.model_name,
-            int(model_info["max_model_len"]),
-            int(model_info["thought_tokens"]),
+            model_info.max_model_len,
+            model_info.thought_tokens,
             enabled,
             config.thought_tokens,
             config.thought_count,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -59,24 +60,24 @@ class Serving:
         self.metrics, self.admission = metrics, admission
         self.text = formatting.TokenText(engine.tokenizer)
         self.created = int(time.time())
-        info = json.dumps(engine.model_info, sort_keys=True, default=str)
+        info = json.dumps(dataclasses.asdict(engine.model_info), sort_keys=True)
         self.fingerprint = "fp_" + hashlib.sha1(info.encode()).hexdigest()[:10]
 
     def model_card(self) -> Model:
         info, d = self.engine.model_info, self.defaults
         quietstar = QuietStarInfo(
-            thought_tokens=info["thought_tokens"],
-            n_ahead=info["n_ahead"],
-            heads_trained=info["heads_trained"],
-            trained_thought_tokens=info.get("trained_thought_tokens", []),
+            thought_tokens=info.thought_tokens,
+            n_ahead=info.n_ahead,
+            heads_trained=info.heads_trained,
+            trained_thought_tokens=list(info.trained_thought_tokens),
             thoughts_default=d.thoughts_enabled,
             max_thought_tokens=d.max_thought_tokens,
             max_parallel_thoughts=d.max_parallel_thoughts,
             reasoning_effort_tokens=dict(d.effort_tokens),
-            source=str(info.get("source", "")),
-            dtype=str(info.get("dtype", "")),
-            dtype_reason=str(info.get("dtype_reason", "")),
-            device=str(info.get("device", "")),
+            source=info.source,
+            dtype=info.dtype,
+            dtype_reason=info.dtype_reason,
+            device=info.device,
         )
         return Model(
             id=d.model_name,

@@ -16,7 +16,7 @@ from server.config import (
     from_args,
     parse_effort_tokens,
 )
-from server.engine import EngineConfig
+from server.engine import EngineConfig, ModelInfo
 
 
 def test_defaults_compose_an_engine_config(monkeypatch):
@@ -116,9 +116,11 @@ def test_main_help_exits_zero(capsys):
 
 def test_effort_parsing_and_request_defaults():
     assert parse_effort_tokens("minimal=2, low=4,") == {"minimal": 2, "low": 4}
-    info = {"max_model_len": 300, "thought_tokens": 5, "heads_trained": False}
+    info = ModelInfo(300, 5, 7, False, (), "here", "float32", "asked for", "cpu")
     auto = RequestDefaults.resolve(ServerConfig(), info)
     assert not auto.thoughts_enabled and auto.max_model_len == 300
     assert auto.trained_thought_tokens == 5
     assert RequestDefaults.resolve(ServerConfig(thoughts="on"), info).thoughts_enabled
-    assert RequestDefaults.resolve(ServerConfig(), {**info, "heads_trained": True}).thoughts_enabled
+    assert RequestDefaults.resolve(
+        ServerConfig(), dataclasses.replace(info, heads_trained=True)
+    ).thoughts_enabled
