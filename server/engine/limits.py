@@ -20,7 +20,7 @@ class RequestLimits:
     vocab_size: int
     default_thought_tokens: int  # the checkpoint's L, for requests that give none
     max_thought_tokens: int
-    max_parallel_thoughts: int
+    max_num_thoughts: int
 
     @classmethod
     def of(cls, engine: Engine) -> RequestLimits:
@@ -29,7 +29,7 @@ class RequestLimits:
             engine.model.vocab_size,
             engine.default_thought_tokens,
             engine.config.max_thought_tokens,
-            engine.config.max_parallel_thoughts,
+            engine.config.max_num_thoughts,
         )
 
     def thought_len(self, thoughts: ThoughtParams) -> int:
@@ -68,10 +68,10 @@ class RequestLimits:
                 f"thought tokens {L} exceed this server's maximum of {self.max_thought_tokens}",
                 "thoughts.tokens",
             )
-        if th.num_thoughts > self.max_parallel_thoughts:
+        if th.num_thoughts > self.max_num_thoughts:
             raise RequestError(
-                f"thought count {th.num_thoughts} exceeds this server's maximum of "
-                f"{self.max_parallel_thoughts}",
+                f"thoughts.count {th.num_thoughts} exceeds this server's maximum of "
+                f"{self.max_num_thoughts} (--max-num-thoughts)",
                 "thoughts.count",
             )
 

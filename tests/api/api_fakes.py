@@ -61,7 +61,7 @@ class FakeEngine:
         max_model_len: int = 256,
         thought_tokens: int = 3,
         max_thought_tokens: int = 16,
-        max_parallel_thoughts: int = 4,
+        max_num_thoughts: int = 4,
         step_s: float = 0.0,
     ) -> None:
         self.tokenizer = _TOKENIZER
@@ -77,7 +77,7 @@ class FakeEngine:
             device="cpu",
         )
         self.max_thought_tokens = max_thought_tokens
-        self.max_parallel_thoughts = max_parallel_thoughts
+        self.max_num_thoughts = max_num_thoughts
         self.step_s = step_s
         self.gate: asyncio.Event | None = None
         self.fail_after: int | None = None
