@@ -22,7 +22,7 @@ from server.engine import Engine, EngineConfig, SamplingParams, ThoughtParams
 
 ROOT = Path(__file__).resolve().parents[1]
 # Thoughts-off engines: one thought row of a few tokens keeps the thought K/V space small.
-SMALL = dict(max_model_len=256, max_thought_tokens=8, max_parallel_thoughts=1)
+SMALL = dict(max_model_len=256, max_thought_tokens=8, max_num_thoughts=1)
 # Datasheet HBM bandwidths (bytes/s), matched against torch's device name.
 HBM_BANDWIDTH = (
     ("H200", 4.8e12),

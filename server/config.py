@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server import env
-from server.engine import EngineConfig
+from server.engine import EngineConfig, ModelInfo
 
 THOUGHT_MODES = ("auto", "on", "off")
 ENGINE_CORES = ("process", "thread")
 EFFORT_LEVELS = ("minimal", "low", "medium", "high", "xhigh", "max")  # OpenAI ReasoningEffort
 DEFAULT_EFFORT_TOKENS = {"minimal": 2, "low": 4, "medium": 8, "high": 16}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Old flag spellings, still accepted (with a warning): one name per concept is num_thoughts.
+DEPRECATED_FLAGS = {
+    "--thought-count": "--num-thoughts",
+    "--max-parallel-thoughts": "--max-num-thoughts",
+}
+log = logging.getLogger(__name__)
 
 
 def parse_effort_tokens(text: str) -> dict[str, int]:
@@ -101,7 +107,11 @@ class ServerConfig:
         "checkpoint's trained length)",
         THOUGHTS,
     )
-    thought_count: int = _flag(1, "default number of parallel thoughts per visible token", THOUGHTS)
+    num_thoughts: int = _flag(
+        1,
+        "default number of parallel thoughts per visible token (a request's `thoughts.count`)",
+        THOUGHTS,
+    )
     reasoning_effort_tokens: dict[str, int] = _flag(
         DEFAULT_EFFORT_TOKENS,
         "thought length per `reasoning_effort` level, e.g. "
@@ -144,8 +154,8 @@ class ServerConfig:
                 f"--thought-tokens must be in 0..{e.max_thought_tokens} (--max-thought-tokens)",
             ),
             (
-                1 <= self.thought_count <= e.max_parallel_thoughts,
-                f"--thought-count must be in 1..{e.max_parallel_thoughts} (--max-parallel-thoughts)",
+                1 <= self.num_thoughts <= e.max_num_thoughts,
+                f"--num-thoughts must be in 1..{e.max_num_thoughts} (--max-num-thoughts)",
             ),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {LOG_LEVELS}"),
             (self.served_model_name != "", "--served-model-name must not be empty"),
@@ -189,24 +199,24 @@ class RequestDefaults:
     trained_thought_tokens: int  # the checkpoint's L, used when a request gives none
     thoughts_enabled: bool
     thought_tokens: int | None
-    thought_count: int
+    num_thoughts: int
     max_thought_tokens: int
-    max_parallel_thoughts: int
+    max_num_thoughts: int
     effort_tokens: Mapping[str, int]
 
     @classmethod
-    def resolve(cls, config: ServerConfig, model_info: Mapping[str, Any]) -> RequestDefaults:
+    def resolve(cls, config: ServerConfig, model_info: ModelInfo) -> RequestDefaults:
         mode = config.thoughts
-        enabled = bool(model_info.get("heads_trained")) if mode == "auto" else mode == "on"
+        enabled = model_info.heads_trained if mode == "auto" else mode == "on"
         return cls(
             config.model_name,
-            int(model_info["max_model_len"]),
-            int(model_info["thought_tokens"]),
+            model_info.max_model_len,
+            model_info.thought_tokens,
             enabled,
             config.thought_tokens,
-            config.thought_count,
+            config.num_thoughts,
             config.engine.max_thought_tokens,
-            config.engine.max_parallel_thoughts,
+            config.engine.max_num_thoughts,
             dict(config.reasoning_effort_tokens),
         )
 
@@ -222,6 +232,15 @@ def _flag_type(f: dataclasses.Field) -> Callable[[str], Any]:
     return {"int": int, "float": float, "str": str}[kind]
 
 
+class _Store(argparse._StoreAction):
+    """Stores the value; a deprecated spelling of the flag also logs a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in DEPRECATED_FLAGS:
+            log.warning("%s is deprecated; use %s", option_string, DEPRECATED_FLAGS[option_string])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _add_fields(
     group: argparse._ArgumentGroup, fields: list[dataclasses.Field], prefix: str
 ) -> None:
@@ -230,8 +249,14 @@ def _add_fields(
         help_ = f.metadata["help"]
         if default not in (None, ()) and "(default" not in help_:
             help_ += f" (default: {default})"
+        flag = "--" + f.name.replace("_", "-")
+        old = [o for o, new in DEPRECATED_FLAGS.items() if new == flag]
+        if old:
+            help_ += f" (formerly {', '.join(old)}, deprecated)"
         group.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
+            *old,
+            action=_Store,
             dest=prefix + f.name,
             type=_flag_type(f),
             choices=f.metadata.get("choices"),

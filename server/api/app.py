@@ -77,14 +77,14 @@ def _attach(app: FastAPI, engine: Any) -> None:
         "ready: serving %r (%s on %s: %s), context %d tokens; thoughts %s by default "
         "(length %s, trained %d, heads %s)",
         defaults.model_name,
-        info.get("dtype"),
-        info.get("device"),
-        info.get("dtype_reason"),
+        info.dtype,
+        info.device,
+        info.dtype_reason,
         defaults.max_model_len,
         "on" if defaults.thoughts_enabled else "off",
         defaults.thought_tokens or "the checkpoint's",
-        info["thought_tokens"],
-        "trained" if info["heads_trained"] else "untrained",
+        info.thought_tokens,
+        "trained" if info.heads_trained else "untrained",
     )
 
 

@@ -96,8 +96,8 @@ class ThoughtOptions(BaseModel):
     count: int | None = Field(
         None,
         ge=1,
-        description="parallel thoughts per visible token "
-        "(their next-token distributions are averaged)",
+        description="parallel thoughts per visible token, the request spelling of the "
+        "server's num_thoughts (their next-token distributions are averaged)",
     )
     temperature: float | None = Field(
         None, gt=0, le=10, description="thought sampling temperature (default 1, as in training)"
@@ -137,22 +137,27 @@ class EngineRequest(OpenAIModel):
             enabled = True
         enabled = enabled if t.enabled is None else t.enabled
         tokens = tokens if t.tokens is None else t.tokens
-        count = d.thought_count if t.count is None else t.count
+        num_thoughts = d.num_thoughts if t.count is None else t.count
         if tokens is not None and tokens > d.max_thought_tokens:
             raise bad_request(
                 f"thoughts.tokens must be <= {d.max_thought_tokens} (the server's "
                 f"--max-thought-tokens), got {tokens}",
                 "thoughts.tokens",
             )
-        if count > d.max_parallel_thoughts:
+        if num_thoughts > d.max_num_thoughts:
             raise bad_request(
-                f"thoughts.count must be <= {d.max_parallel_thoughts} (the server's "
-                f"--max-parallel-thoughts), got {count}",
+                f"thoughts.count must be <= {d.max_num_thoughts} (the server's "
+                f"--max-num-thoughts), got {num_thoughts}",
                 "thoughts.count",
             )
         include = t.include if t.include is not None else bool(self.include_reasoning)
         return ThoughtParams(
-            enabled, tokens, count, t.temperature or 1.0, include and enabled, t.content or "model"
+            enabled,
+            tokens,
+            num_thoughts,
+            t.temperature or 1.0,
+            include and enabled,
+            t.content or "model",
         )
 
     def visible_budget(self, thoughts: ThoughtParams, d: RequestDefaults) -> int | None:

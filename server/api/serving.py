@@ -1,11 +1,14 @@
 """Protocol <-> engine: request preparation (model check, sampling params, engine validation,
 admission) into a `Job`, and the two drivers: collect-then-respond (aborting when the client
-disconnects) and server-sent events (an error event, never [DONE], after a failure)."""
+disconnects) and server-sent events, which always end with `data: [DONE]`: after a failure
+mid-stream, an error event comes first (vLLM's serving_chat / serving_completion do the same: the
+status line is already sent, so the error travels in-band, and clients waiting for [DONE] stop)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -57,24 +60,24 @@ class Serving:
         self.metrics, self.admission = metrics, admission
         self.text = formatting.TokenText(engine.tokenizer)
         self.created = int(time.time())
-        info = json.dumps(engine.model_info, sort_keys=True, default=str)
+        info = json.dumps(dataclasses.asdict(engine.model_info), sort_keys=True)
         self.fingerprint = "fp_" + hashlib.sha1(info.encode()).hexdigest()[:10]
 
     def model_card(self) -> Model:
         info, d = self.engine.model_info, self.defaults
         quietstar = QuietStarInfo(
-            thought_tokens=info["thought_tokens"],
-            n_ahead=info["n_ahead"],
-            heads_trained=info["heads_trained"],
-            trained_thought_tokens=info.get("trained_thought_tokens", []),
+            thought_tokens=info.thought_tokens,
+            n_ahead=info.n_ahead,
+            heads_trained=info.heads_trained,
+            trained_thought_tokens=list(info.trained_thought_tokens),
             thoughts_default=d.thoughts_enabled,
             max_thought_tokens=d.max_thought_tokens,
-            max_parallel_thoughts=d.max_parallel_thoughts,
+            max_parallel_thoughts=d.max_num_thoughts,
             reasoning_effort_tokens=dict(d.effort_tokens),
-            source=str(info.get("source", "")),
-            dtype=str(info.get("dtype", "")),
-            dtype_reason=str(info.get("dtype_reason", "")),
-            device=str(info.get("device", "")),
+            source=info.source,
+            dtype=info.dtype,
+            dtype_reason=info.dtype_reason,
+            device=info.device,
         )
         return Model(
             id=d.model_name,
@@ -183,7 +186,8 @@ class Serving:
         )
 
     def stream(self, job: Job, builder: Builder) -> StreamingResponse:
-        """Server-sent events ending in [DONE]; after an error, an error event and no [DONE]."""
+        """Server-sent events ending in [DONE]; after an error, an error event, then [DONE]. A
+        client that went away gets nothing more (the generator is closed, not resumed)."""
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -215,6 +219,7 @@ class Serving:
                     exc_info=error.status == 500,
                 )
                 yield formatting.sse_error(error.body())
+                yield formatting.DONE
             finally:  # cancelled: the client went away (no-op when already finished)
                 if job.outcome is None:
                     log.info("%s: client disconnected; aborted", job.request_id)

@@ -6,6 +6,7 @@ the API process, which talks to the engine-core process, never imports torch.
 
 from .config import EngineConfig
 from .core_client import EngineCoreClient, EngineDeadError
+from .limits import ModelInfo, RequestLimits
 from .outputs import FinishReason, RequestOutput, ScoreOutput, TokenOutput
 from .sampling_params import RequestError, SamplingParams, ThoughtParams
 
@@ -16,7 +17,9 @@ __all__ = [
     "EngineCoreClient",
     "EngineDeadError",
     "FinishReason",
+    "ModelInfo",
     "RequestError",
+    "RequestLimits",
     "RequestOutput",
     "SamplingParams",
     "ScoreOutput",

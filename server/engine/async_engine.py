@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 from .config import EngineConfig
 from .engine import Engine
-from .limits import model_info
+from .limits import ModelInfo
 from .output_processor import RequestText
 from .outputs import FinishReason, RequestOutput, ScoreOutput
 from .sampling_params import SamplingParams, ThoughtParams
@@ -38,8 +38,8 @@ class AsyncEngine:
         self._wake = threading.Event()
 
     @property
-    def model_info(self) -> dict:
-        return model_info(self.engine)
+    def model_info(self) -> ModelInfo:
+        return ModelInfo.of(self.engine)
 
     @property
     def num_running(self) -> int:

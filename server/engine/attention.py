@@ -1,4 +1,5 @@
-"""The engine's attention for its two kinds of forward: prefill (one prompt into its slot) and
+"""The engine's attention for its two kinds of forward: prefill (prompts packed into one forward,
+each into its slot) and
 the decode step (one token per row: base rows append to their slot's prefix, thought rows to their
 thought branch). Spec §3.4: thoughts see the prefix and themselves only; visible tokens never see
 thoughts. Rows are packed for the linear layers and laid out densely as (slot, column) only for
@@ -21,19 +22,32 @@ from .kv_cache import KVCache
 
 
 class PrefillAttention:
-    """Writes the prompt's K/V into `slot` at positions [start, start + T) and attends causally."""
+    """Several prompts packed into one row sequence (prompt i in rows bounds[i]..bounds[i+1])
+    for the linear layers; per prompt, its K/V are written into its slot at positions
+    [0, P_i) and it attends causally to itself only, with the same call as a prompt prefilled
+    alone (no padding rows, no cross-prompt mask over all N x N pairs)."""
 
-    def __init__(self, cache: KVCache, slot: int, start: int):
-        self.cache, self.slot, self.start = cache, slot, start
+    def __init__(self, cache: KVCache, slots: list[int], lengths: list[int]):
+        self.cache, self.slots, self.lengths = cache, slots, lengths
+        self.bounds = [0]
+        for n in lengths:
+            self.bounds.append(self.bounds[-1] + n)
+        self.masks: dict[int, torch.Tensor] = {}  # causal (P, P) mask per prompt length
 
     def attend(self, layer: int, q, k, v):
-        T, end = q.shape[1], self.start + q.shape[1]
-        K, V = self.cache.k[layer, self.slot], self.cache.v[layer, self.slot]  # (KVH, S, D)
-        K[:, self.start : end] = k[0].transpose(0, 1)
-        V[:, self.start : end] = v[0].transpose(0, 1)
-        keys, values = K[:, :end].transpose(0, 1)[None], V[:, :end].transpose(0, 1)[None]
-        mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(self.start)
-        return sdpa(q, keys, values, mask)
+        # q (1, N, H, D), k and v (1, N, KVH, D)
+        out = []
+        for slot, a, b in zip(self.slots, self.bounds, self.bounds[1:]):
+            P = b - a
+            K, V = self.cache.k[layer, slot], self.cache.v[layer, slot]  # (KVH, max_len, D)
+            K[:, :P] = k[0, a:b].transpose(0, 1)
+            V[:, :P] = v[0, a:b].transpose(0, 1)
+            mask = self.masks.get(P)
+            if mask is None:
+                mask = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()
+                self.masks[P] = mask
+            out.append(sdpa(q[:, a:b], k[:, a:b], v[:, a:b], mask))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 @dataclass

@@ -60,8 +60,12 @@ class EngineConfig:
     max_thought_tokens: int = field(
         default=32, metadata={"help": "largest thought length a request may ask for"}
     )
-    max_parallel_thoughts: int = field(
-        default=8, metadata={"help": "largest number of parallel thoughts a request may ask for"}
+    max_num_thoughts: int = field(
+        default=8,
+        metadata={
+            "help": "largest number of parallel thoughts per position (num_thoughts, a "
+            "request's `thoughts.count`) a request may ask for; sizes the thought KV cache"
+        },
     )
     cuda_graphs: str = field(
         default="auto",
@@ -88,7 +92,7 @@ class EngineConfig:
             raise ValueError(
                 f"int4 group size must be one of {INT4_GROUP_SIZES}, got {self.quantize_group_size}"
             )
-        for name in ("max_model_len", "max_num_seqs", "max_parallel_thoughts"):
+        for name in ("max_model_len", "max_num_seqs", "max_num_thoughts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cuda_graphs not in CUDA_GRAPHS:

@@ -163,7 +163,7 @@ def serve(config: EngineConfig, input_address: str, output_address: str, parent_
         import torch
 
         from .engine import Engine
-        from .limits import RequestLimits, model_info
+        from .limits import ModelInfo, RequestLimits
 
         threads = core_threads(config)
         if threads:
@@ -174,7 +174,9 @@ def serve(config: EngineConfig, input_address: str, output_address: str, parent_
         results.send(msg.encoder.encode(msg.StartFailed(f"{type(e).__name__}: {e}")))
         context.destroy(linger=5000)
         return 1
-    ready = msg.Ready(model_info(engine), RequestLimits.of(engine), pickle.dumps(engine.tokenizer))
+    ready = msg.Ready(
+        ModelInfo.of(engine), RequestLimits.of(engine), pickle.dumps(engine.tokenizer)
+    )
     results.send(msg.encoder.encode(ready))
     log.info("engine core ready (pid %d, %d torch threads)", os.getpid(), torch.get_num_threads())
     EngineCore(engine, commands, results, parent_pid).run()

@@ -7,11 +7,9 @@ of 8 requests, no pickle, and a malformed message fails loudly instead of half-d
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
-from .limits import RequestLimits
+from .limits import ModelInfo, RequestLimits
 from .outputs import RequestOutput, ScoreOutput
 from .sampling_params import SamplingParams, ThoughtParams
 
@@ -44,7 +42,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
 
 
 class Ready(msgspec.Struct, tag="ready"):
-    model_info: dict[str, Any]
+    model_info: ModelInfo
     limits: RequestLimits
     tokenizer: bytes  # the engine's tokenizer (meta-tokens added), pickled: one trusted peer
 

@@ -60,7 +60,7 @@ class Engine:
             head_dim,
             config.max_num_seqs,
             self.max_model_len,
-            config.max_parallel_thoughts,
+            config.max_num_thoughts,
             config.max_thought_len,
             self.model.dtype,
             self.model.device,

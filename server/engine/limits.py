@@ -1,11 +1,12 @@
 """What the API process needs to know about a loaded engine without holding it: the request
 limits (validation, with the messages and `param` names the HTTP errors carry) and the model
-info the server advertises. Both are plain data, so they cross the engine-core boundary."""
+info the server advertises (`ModelInfo`). Both are frozen dataclasses, so they cross the
+engine-core boundary as typed msgspec fields."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .sampling_params import RequestError, SamplingParams, ThoughtParams
 
@@ -19,7 +20,7 @@ class RequestLimits:
     vocab_size: int
     default_thought_tokens: int  # the checkpoint's L, for requests that give none
     max_thought_tokens: int
-    max_parallel_thoughts: int
+    max_num_thoughts: int
 
     @classmethod
     def of(cls, engine: Engine) -> RequestLimits:
@@ -28,7 +29,7 @@ class RequestLimits:
             engine.model.vocab_size,
             engine.default_thought_tokens,
             engine.config.max_thought_tokens,
-            engine.config.max_parallel_thoughts,
+            engine.config.max_num_thoughts,
         )
 
     def thought_len(self, thoughts: ThoughtParams) -> int:
@@ -67,24 +68,39 @@ class RequestLimits:
                 f"thought tokens {L} exceed this server's maximum of {self.max_thought_tokens}",
                 "thoughts.tokens",
             )
-        if th.num_thoughts > self.max_parallel_thoughts:
+        if th.num_thoughts > self.max_num_thoughts:
             raise RequestError(
-                f"thought count {th.num_thoughts} exceeds this server's maximum of "
-                f"{self.max_parallel_thoughts}",
+                f"thoughts.count {th.num_thoughts} exceeds this server's maximum of "
+                f"{self.max_num_thoughts} (--max-num-thoughts)",
                 "thoughts.count",
             )
 
 
-def model_info(engine: Engine) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelInfo:
     """The loaded model as `/v1/models` and the request defaults describe it."""
-    return {
-        "max_model_len": engine.max_model_len,
-        "thought_tokens": engine.default_thought_tokens,
-        "n_ahead": engine.model.config.n_ahead,
-        "heads_trained": engine.model.config.heads_trained,
-        "trained_thought_tokens": engine.model.config.trained_thought_tokens,
-        "source": getattr(engine.model, "source", engine.config.model),
-        "dtype": str(engine.model.dtype).removeprefix("torch."),
-        "dtype_reason": engine.dtype_reason,
-        "device": engine.config.device,
-    }
+
+    max_model_len: int
+    thought_tokens: int  # the checkpoint's L (sampled thought tokens per position)
+    n_ahead: int  # thought_tokens + the START and END markers (the spec's n_ahead)
+    heads_trained: bool
+    trained_thought_tokens: tuple[int, ...]  # L values the heads were trained at
+    source: str  # where the weights came from
+    dtype: str  # "float32", "bfloat16", ...
+    dtype_reason: str  # why this dtype (`--dtype auto` probes the device)
+    device: str
+
+    @classmethod
+    def of(cls, engine: Engine) -> ModelInfo:
+        config = engine.model.config
+        return cls(
+            max_model_len=engine.max_model_len,
+            thought_tokens=engine.default_thought_tokens,
+            n_ahead=config.n_ahead,
+            heads_trained=bool(config.heads_trained),
+            trained_thought_tokens=tuple(config.trained_thought_tokens),
+            source=str(getattr(engine.model, "source", engine.config.model)),
+            dtype=str(engine.model.dtype).removeprefix("torch."),
+            dtype_reason=engine.dtype_reason,
+            device=str(engine.config.device),
+        )

@@ -1,6 +1,6 @@
 """ModelRunner: turns scheduled sequences into tensors and runs the Quiet-STaR model.
 
-`prefill` fills new sequences' slots; `decode` runs one step over every running sequence (base
+`prefill` fills new sequences' slots, their prompts packed into one forward; `decode` runs one step over every running sequence (base
 rows and thought rows in one batch) and returns their final-norm hidden states. A decode step may
 be padded to a bucket of slots with every (slot, column) cell a row: the static shapes a CUDA
 graph replays (padding rows write only the cache's scratch slot and are dropped from the output).
@@ -17,6 +17,10 @@ from quietstar import END_THOUGHT, START_THOUGHT, QuietStarModel
 from .attention import DecodeAttention, DecodeBatch, PrefillAttention
 from .kv_cache import KVCache
 from .sequence import Row, Sequence
+
+# Rows one prefill forward takes at most (more prompts: several forwards; a longer prompt alone):
+# bounds the activations of a burst of long prompts, as vLLM's max_num_batched_tokens does.
+PREFILL_TOKENS = 4096
 
 
 class Span(NamedTuple):
@@ -53,6 +57,21 @@ class DecodeInput(NamedTuple):
             batch=batch,
             real_rows=None if self.real_rows is None else move(self.real_rows),
         )
+
+
+def prefill_groups(seqs: list[Sequence], max_tokens: int) -> list[list[Sequence]]:
+    """Consecutive runs of sequences whose prompts together hold at most `max_tokens` tokens
+    (a longer prompt makes a run of its own)."""
+    groups: list[list[Sequence]] = []
+    size = 0
+    for seq in seqs:
+        n = len(seq.prompt_ids)
+        if not groups or size + n > max_tokens:
+            groups.append([])
+            size = 0
+        groups[-1].append(seq)
+        size += n
+    return groups
 
 
 def bucket_sizes(max_num_seqs: int) -> list[int]:
@@ -146,15 +165,20 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Write each prompt's K/V into its sequence's slot; (S, d) h_base of each last token."""
+        """Write each prompt's K/V into its sequence's slot, prompts packed into as few forwards
+        as PREFILL_TOKENS allows; (S, d) h_base of each prompt's last token."""
         hs = []
-        for seq in seqs:
-            ids = torch.tensor([seq.prompt_ids], device=self.device)
-            positions = torch.arange(len(seq.prompt_ids), device=self.device)[None]
-            h = self.model.hidden(ids, positions, PrefillAttention(self.cache, seq.slot, 0))
-            self.cache.record_prefill(seq.slot, len(seq.prompt_ids))
-            hs.append(h[0, -1])
-        return torch.stack(hs)
+        for group in prefill_groups(seqs, PREFILL_TOKENS):
+            lengths = [len(seq.prompt_ids) for seq in group]
+            ids = torch.tensor([[t for seq in group for t in seq.prompt_ids]])  # (1, N)
+            positions = torch.cat([torch.arange(n) for n in lengths])[None]  # (1, N)
+            attention = PrefillAttention(self.cache, [seq.slot for seq in group], lengths)
+            h = self.model.hidden(ids.to(self.device), positions.to(self.device), attention)
+            for seq, n in zip(group, lengths):
+                self.cache.record_prefill(seq.slot, n)
+            last = torch.tensor(lengths).cumsum(0) - 1
+            hs.append(h[0, last.to(self.device)])  # (len(group), d)
+        return torch.cat(hs)
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> DecodeOutput:

@@ -1,7 +1,8 @@
 """The output processor: turns the engine's token ids into streamed text, in the API process.
 
 The engine emits token ids (with log-probs, thought ids and mixing weights); here each choice is
-detokenized incrementally and stop strings are applied, so that no stop string, nor a prefix of
+detokenized incrementally (a few tokens decoded per token, never the whole output) and stop
+strings are applied, so that no stop string, nor a prefix of
 one, ever reaches a client. A choice that hits a stop string finishes here with reason "stop";
 the caller then aborts the request in the engine (vLLM V1 splits the work the same way).
 """
@@ -15,34 +16,80 @@ from .outputs import FinishReason, RequestOutput
 from .sampling_params import SamplingParams
 
 
+class IncrementalDecoder:
+    """The text of a growing list of token ids, decoding a window of a few tokens per token
+    instead of the whole output (vLLM's prefix/read offsets): the new text is
+    decode(ids[prefix:]) minus decode(ids[prefix:read]), where `prefix` starts where earlier text
+    ended on a whole character. Both decodes see the same first token, so tokenizers that treat a
+    leading token specially (SentencePiece's space) agree with a full decode.
+
+    Equal to `decode(ids, skip_special_tokens=True)` for tokenizers whose decode of a
+    concatenation is the concatenation of decodes at whole-character boundaries (byte-level BPE;
+    not with clean_up_tokenization_spaces, which no streaming decoder can match);
+    tests/engine/test_detokenizer.py checks it on random id sequences."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read]: the window's already-decoded part
+
+    def append(self, token_id: int) -> str:
+        """The text the id completes: "" while it ends inside a multi-byte UTF-8 character."""
+        self.ids.append(token_id)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """At the end: whatever is left, an incomplete character as U+FFFD like a full decode."""
+        return self._advance(final=True) if self.read < len(self.ids) else ""
+
+    def _advance(self, final: bool) -> str:
+        decode = self.tokenizer.decode
+        new = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if new.endswith("\ufffd") and not final:
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        done = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        self.prefix, self.read = self.read, len(self.ids)
+        # a decoder that rewrites across the window's boundary: the window's text is the best
+        # available (already-streamed text cannot be taken back)
+        return new[len(done) :] if new.startswith(done) else new
+
+
 class Detokenizer:
     """One choice's incremental detokenization with stop strings that never leak."""
 
     def __init__(self, tokenizer, stop: tuple[str, ...]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.output_ids: list[int] = []
-        self.text = ""  # visible text emitted so far
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stop = stop
+        self.keep_emitted = max(map(len, stop), default=1) - 1  # a stop may start this far back
+        self.recent = ""  # the last keep_emitted characters emitted
+        self.pending = ""  # decoded, not yet emitted: it may begin a stop string
 
     def append(self, token_id: int) -> tuple[str, bool]:
         """Text the token adds, and whether a stop string was hit (the text ends before it)."""
-        self.output_ids.append(token_id)
-        full = self.tokenizer.decode(self.output_ids, skip_special_tokens=True)
-        hits = [full.find(s, max(0, len(self.text) - len(s) + 1)) for s in self.stop]
-        hits = [at for at in hits if at != -1]
+        added = self.decoder.append(token_id)
+        return self._release(added, final=False) if added else ("", False)
+
+    def flush(self) -> tuple[str, bool]:
+        """At a finish other than a stop string: the text held back for a possible one (and an
+        incomplete last character), cut at a stop string if that completes one."""
+        return self._release(self.decoder.flush(), final=True)
+
+    def _release(self, added: str, final: bool) -> tuple[str, bool]:
+        self.pending += added
+        # A stop string can start no earlier than `recent` (text emitted before was checked with
+        # its held-back tail), so the search covers a bounded tail, not the whole output.
+        window = self.recent + self.pending
+        hits = [at for at in (window.find(s) for s in self.stop) if at != -1]
         if hits:  # the earliest occurrence wins, whatever the list order
-            return self._emit(full[: min(hits)]), True
-        if full.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
-            return "", False
-        keep = max((_overlap(full, s) for s in self.stop), default=0)
-        return self._emit(full[: len(full) - keep]), False
+            return self._emit(max(0, min(hits) - len(self.recent))), True
+        keep = 0 if final else max((_overlap(window, s) for s in self.stop), default=0)
+        return self._emit(len(self.pending) - min(keep, len(self.pending))), False
 
-    def flush(self) -> str:
-        """At a finish other than a stop string, the text held back for a possible one."""
-        return self._emit(self.tokenizer.decode(self.output_ids, skip_special_tokens=True))
-
-    def _emit(self, text: str) -> str:
-        delta = text[len(self.text) :] if text.startswith(self.text) else ""
-        self.text += delta
+    def _emit(self, n: int) -> str:
+        """Emit the first n pending characters."""
+        delta, self.pending = self.pending[:n], self.pending[n:]
+        if self.keep_emitted:
+            self.recent = (self.recent + delta)[-self.keep_emitted :]
         return delta
 
 
@@ -86,7 +133,10 @@ class RequestText:
                 break
         else:
             if out.finished and out.finish_reason != FinishReason.ABORT and out.tokens:
-                out.tokens[-1].text += detok.flush()
+                text, hit = detok.flush()
+                out.tokens[-1].text += text
+                if hit:
+                    out.finish_reason = FinishReason.STOP
         self.finished[out.index] = out.finished
         return out
 

@@ -31,7 +31,7 @@ class ThoughtParams:
         if self.num_tokens is not None and self.num_tokens < 0:
             raise ValueError(f"thought tokens must be >= 0, got {self.num_tokens}")
         if self.num_thoughts < 1:
-            raise ValueError(f"thought count must be >= 1, got {self.num_thoughts}")
+            raise ValueError(f"num_thoughts must be >= 1, got {self.num_thoughts}")
         if self.temperature <= 0:
             raise ValueError(f"thought temperature must be > 0, got {self.temperature}")
         if self.content not in THOUGHT_CONTENTS:

@@ -27,7 +27,7 @@ from server.engine import (
     ScoreOutput,
     ThoughtParams,
 )
-from server.engine.limits import RequestLimits
+from server.engine.limits import ModelInfo, RequestLimits
 
 log = logging.getLogger(__name__)
 RETRIES = 2  # calls that fail before their first output go to another replica this often
@@ -42,7 +42,7 @@ class ReplicaDiedError(RuntimeError):
 class ReplicaInfo:
     """What the ingress learns from one replica at start: all replicas load the same model."""
 
-    model_info: dict[str, Any]
+    model_info: ModelInfo
     limits: RequestLimits
     tokenizer: Any
 

@@ -22,6 +22,7 @@ from server.config import ServerConfig
 from server.engine import (
     EngineConfig,
     FinishReason,
+    ModelInfo,
     RequestError,
     RequestOutput,
     SamplingParams,
@@ -60,22 +61,23 @@ class FakeEngine:
         max_model_len: int = 256,
         thought_tokens: int = 3,
         max_thought_tokens: int = 16,
-        max_parallel_thoughts: int = 4,
+        max_num_thoughts: int = 4,
         step_s: float = 0.0,
     ) -> None:
         self.tokenizer = _TOKENIZER
-        self.model_info = {
-            "max_model_len": max_model_len,
-            "thought_tokens": thought_tokens,
-            "n_ahead": thought_tokens + 3,
-            "heads_trained": heads_trained,
-            "trained_thought_tokens": [thought_tokens] if heads_trained else [],
-            "source": "fake",
-            "dtype": "float32",
-            "device": "cpu",
-        }
+        self.model_info = ModelInfo(
+            max_model_len=max_model_len,
+            thought_tokens=thought_tokens,
+            n_ahead=thought_tokens + 3,
+            heads_trained=heads_trained,
+            trained_thought_tokens=(thought_tokens,) if heads_trained else (),
+            source="fake",
+            dtype="float32",
+            dtype_reason="",
+            device="cpu",
+        )
         self.max_thought_tokens = max_thought_tokens
-        self.max_parallel_thoughts = max_parallel_thoughts
+        self.max_num_thoughts = max_num_thoughts
         self.step_s = step_s
         self.gate: asyncio.Event | None = None
         self.fail_after: int | None = None
@@ -106,7 +108,7 @@ class FakeEngine:
             raise RequestError(
                 f"thought tokens {th.num_tokens} exceed this server's maximum", "thoughts.tokens"
             )
-        limit = self.model_info["max_model_len"]
+        limit = self.model_info.max_model_len
         if len(prompt_ids) >= limit:
             raise RequestError(
                 f"this model's maximum context length is {limit} tokens; the "
@@ -122,7 +124,7 @@ class FakeEngine:
             )
 
     def thought_length(self, thoughts: ThoughtParams) -> int:
-        trained = self.model_info["thought_tokens"]
+        trained = self.model_info.thought_tokens
         return trained if thoughts.num_tokens is None else thoughts.num_tokens
 
     def _token(self, token_id: int, params: SamplingParams) -> TokenOutput:

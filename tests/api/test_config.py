@@ -16,7 +16,7 @@ from server.config import (
     from_args,
     parse_effort_tokens,
 )
-from server.engine import EngineConfig
+from server.engine import EngineConfig, ModelInfo
 
 
 def test_defaults_compose_an_engine_config(monkeypatch):
@@ -61,7 +61,7 @@ def test_flags_reach_both_configs(monkeypatch):
             "on",
             "--thought-tokens",
             "6",
-            "--thought-count",
+            "--num-thoughts",
             "2",
             "--reasoning-effort-tokens",
             "low=1,high=9",
@@ -73,7 +73,7 @@ def test_flags_reach_both_configs(monkeypatch):
     assert config.engine.max_num_seqs == 4 and config.engine.dtype == "float32"
     assert (config.port, config.model_name, config.queue_size) == (9001, "qs", 0)
     assert config.cors_origins == ("http://a", "http://b") and config.max_body_bytes == 1000
-    assert (config.thoughts, config.thought_tokens, config.thought_count) == ("on", 6, 2)
+    assert (config.thoughts, config.thought_tokens, config.num_thoughts) == ("on", 6, 2)
     assert config.reasoning_effort_tokens == {"low": 1, "high": 9}
     assert config.api_key == "from-env" and config.log_level == "debug"
     assert from_args(["--api-key", "flag"]).api_key == "flag"  # the flag wins
@@ -86,10 +86,34 @@ def test_replica_flags():
 
 
 @pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [("--thought-count", "num_thoughts", 3), ("--max-parallel-thoughts", "max_num_thoughts", 5)],
+)
+def test_deprecated_thought_flags_still_work_and_warn(old, new, value, caplog):
+    with caplog.at_level("WARNING", logger="server.config"):
+        config = from_args([old, str(value)])
+    assert getattr(config, new, None) == value or getattr(config.engine, new) == value
+    new_flag = "--" + new.replace("_", "-")
+    assert f"{old} is deprecated; use {new_flag}" in caplog.text
+    caplog.clear()
+    assert from_args([new_flag, str(value)]) == config and not caplog.text
+
+
+def test_help_lists_new_thought_flags_with_their_old_names(capsys):
+    with pytest.raises(SystemExit):
+        from_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--num-thoughts NUM_THOUGHTS, --thought-count NUM_THOUGHTS" in text
+    assert "--max-num-thoughts MAX_NUM_THOUGHTS, --max-parallel-thoughts" in text
+    assert "formerly --thought-count, deprecated" in text
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["--thoughts", "maybe"],
         ["--port", "0"],
+        ["--num-thoughts", "99"],
         ["--thought-count", "99"],
         ["--thought-tokens", "33"],
         ["--reasoning-effort-tokens", "huge=3"],
@@ -125,9 +149,11 @@ def test_main_help_exits_zero(capsys):
 
 def test_effort_parsing_and_request_defaults():
     assert parse_effort_tokens("minimal=2, low=4,") == {"minimal": 2, "low": 4}
-    info = {"max_model_len": 300, "thought_tokens": 5, "heads_trained": False}
+    info = ModelInfo(300, 5, 7, False, (), "here", "float32", "asked for", "cpu")
     auto = RequestDefaults.resolve(ServerConfig(), info)
     assert not auto.thoughts_enabled and auto.max_model_len == 300
     assert auto.trained_thought_tokens == 5
     assert RequestDefaults.resolve(ServerConfig(thoughts="on"), info).thoughts_enabled
-    assert RequestDefaults.resolve(ServerConfig(), {**info, "heads_trained": True}).thoughts_enabled
+    assert RequestDefaults.resolve(
+        ServerConfig(), dataclasses.replace(info, heads_trained=True)
+    ).thoughts_enabled

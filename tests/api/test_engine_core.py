@@ -27,7 +27,9 @@ from server.engine import (
     Engine,
     EngineConfig,
     EngineCoreClient,
+    ModelInfo,
     RequestError,
+    RequestLimits,
     SamplingParams,
     ThoughtParams,
 )
@@ -112,6 +114,23 @@ def test_stream_crosses_the_process_boundary_unchanged(served, checkpoint):
     assert core.num_running == 0
 
 
+def test_model_info_crosses_the_boundary_typed(served, checkpoint):
+    """The core's ModelInfo arrives as the typed object an in-process engine builds, and
+    /v1/models shows its fields under the same names."""
+    _, core, base, _ = served
+    engine = Engine(engine_config(checkpoint), quietstar.load(checkpoint, dtype=torch.float32))
+    local = ModelInfo.of(engine)
+    assert isinstance(core.model_info, ModelInfo)
+    assert dataclasses.replace(core.model_info, source=local.source) == local
+    card = httpx.get(f"{base}/v1/models", timeout=TIMEOUT).json()["data"][0]
+    info = dataclasses.asdict(core.model_info)
+    assert card["max_model_len"] == info.pop("max_model_len") == 256
+    assert {k: card["quietstar"][k] for k in info} == {
+        **info,
+        "trained_thought_tokens": list(info["trained_thought_tokens"]),
+    }
+
+
 def test_a_refusal_in_the_core_keeps_its_param(served):
     app, core, base, _ = served
     real = core.limits
@@ -186,7 +205,7 @@ def test_killed_core_fails_in_flight_requests_and_stops_the_server(served):
     assert results["plain"].status_code == 500 and plain["code"] == "engine_dead"
     assert plain["type"] == "server_error" and "died" in plain["message"]
     events = sse_events(results["stream"].text)
-    assert events[-1]["error"]["code"] == "engine_dead"
+    assert events[-2]["error"]["code"] == "engine_dead" and events[-1] == "[DONE]"
     assert new.status_code == 503 and new.json()["error"]["code"] == "engine_dead"
 
 
@@ -203,3 +222,8 @@ def test_core_messages_round_trip():
     decoded = msg.from_core.decode(msg.encoder.encode(msg.Outputs([out], 1, 0)))
     assert decoded.outputs == [out] and decoded.outputs[0].finish_reason is FinishReason.LENGTH
     assert json.loads(json.dumps(dataclasses.asdict(params)))  # the config path is JSON
+    info = ModelInfo(256, 3, 5, True, (3,), "here", "float32", "asked for", "cpu")
+    limits = RequestLimits(256, 300, 3, 16, 4)
+    ready = msg.from_core.decode(msg.encoder.encode(msg.Ready(info, limits, b"")))
+    assert ready.model_info == info and isinstance(ready.model_info, ModelInfo)
+    assert ready.limits == limits

@@ -1,5 +1,5 @@
 """Request and server lifecycle: a client disconnect aborts the engine request (streaming or
-not), errors mid-stream end with an error event and no [DONE], the model loads in the
+not), errors mid-stream end with an error event, then [DONE], the model loads in the
 background behind a 503 /health, and shutdown stops the engine."""
 
 from __future__ import annotations
@@ -119,29 +119,41 @@ async def test_batched_prompts_all_abort_on_disconnect():
 
 
 @pytest.mark.anyio
-async def test_mid_stream_error_event_and_no_done():
+@pytest.mark.parametrize(
+    ("path", "body", "text_of"),
+    [
+        ("/v1/chat/completions", CHAT, lambda e: e["choices"][0]["delta"].get("content")),
+        ("/v1/completions", COMPLETION, lambda e: e["choices"][0]["text"]),
+    ],
+    ids=["chat", "completions"],
+)
+async def test_mid_stream_error_event_then_done(path, body, text_of):
+    """vLLM's order: the error envelope in-band (the 200 is already sent), then [DONE]."""
     engine = FakeEngine()
     engine.fail_after = 2
     app, _ = make_app(engine)
     async with client(app) as c:
-        r = await c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        r = await c.post(path, json={**body, "stream": True})
     events = sse_events(r.text)
-    assert r.status_code == 200 and "[DONE]" not in events
-    assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["H", "e"]
-    error = events[-1]["error"]
+    assert r.status_code == 200 and events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    tokens = [e for e in events[:-1] if "choices" in e and text_of(e)]
+    assert [text_of(e) for e in tokens] == ["H", "e"]
+    error = events[-2]["error"]
     assert error["type"] == "server_error" and "engine exploded" in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+    assert all("error" not in e for e in events[:-2])
+    assert app.state.admission.in_flight == 0
 
 
 @pytest.mark.anyio
-async def test_shutdown_mid_stream_is_an_abort_error_event():
+async def test_shutdown_mid_stream_is_an_abort_error_event_then_done():
     engine = FakeEngine()
     engine.abort_all = True
     app, _ = make_app(engine)
     async with client(app) as c:
         r = await c.post("/v1/completions", json={**COMPLETION, "stream": True})
     events = sse_events(r.text)
-    assert "[DONE]" not in events and events[-1]["error"]["code"] == "aborted"
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "aborted"
 
 
 def test_model_loads_in_background_behind_health(monkeypatch):

@@ -20,9 +20,9 @@ def defaults(**overrides) -> RequestDefaults:
         trained_thought_tokens=5,
         thoughts_enabled=True,
         thought_tokens=None,
-        thought_count=1,
+        num_thoughts=1,
         max_thought_tokens=32,
-        max_parallel_thoughts=4,
+        max_num_thoughts=4,
         effort_tokens={"minimal": 2, "low": 4, "medium": 8, "high": 16},
     )
     return RequestDefaults(**{**base, **overrides})
@@ -80,7 +80,7 @@ def test_default_max_tokens_clamped_to_context_left_explicit_kept():
 def test_thought_defaults_follow_server():
     t = params().thoughts
     assert t.enabled and t.num_tokens is None and t.num_thoughts == 1 and not t.include
-    t = params(d=defaults(thoughts_enabled=False, thought_tokens=6, thought_count=2)).thoughts
+    t = params(d=defaults(thoughts_enabled=False, thought_tokens=6, num_thoughts=2)).thoughts
     assert not t.enabled and t.num_tokens == 6 and t.num_thoughts == 2
 
 

@@ -26,7 +26,7 @@ LIMITS = RequestLimits(
     vocab_size=100,
     default_thought_tokens=2,
     max_thought_tokens=8,
-    max_parallel_thoughts=2,
+    max_num_thoughts=2,
 )
 
 

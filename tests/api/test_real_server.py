@@ -308,7 +308,8 @@ def test_sigterm_drains_then_exits_cleanly(checkpoint):
         text = log.read().decode(errors="replace")
         assert "aborting them" in text and "stopping the engine" in text, text[-3000:]
         assert "Finished server process" in text and "Traceback" not in text, text[-3000:]
-    assert rest and '"code": "aborted"' in rest[-1]  # the stream ended with an abort event
+    # the stream ended with an abort event, then [DONE]
+    assert len(rest) >= 2 and '"code": "aborted"' in rest[-2] and rest[-1] == "data: [DONE]"
     assert short_events[-1] == "data: [DONE]"
 
 
@@ -328,6 +329,6 @@ def test_killed_engine_core_stops_the_server(server_process):
         next(lines)
         os.kill(pid, signal.SIGKILL)
         rest = list(lines)
-    assert rest and '"code": "engine_dead"' in rest[-1] and "[DONE]" not in rest[-1]
+    assert len(rest) >= 2 and '"code": "engine_dead"' in rest[-2] and rest[-1] == "data: [DONE]"
     assert proc.wait(30) == 1
     assert "engine core process died (exit code -9)" in _tail(log)

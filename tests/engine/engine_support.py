@@ -59,7 +59,7 @@ def make_engine(model: quietstar.QuietStarModel, **overrides) -> Engine:
         max_model_len=256,
         max_num_seqs=4,
         max_thought_tokens=8,
-        max_parallel_thoughts=4,
+        max_num_thoughts=4,
     )
     settings.update(overrides)
     return Engine(EngineConfig(**settings), model=model)

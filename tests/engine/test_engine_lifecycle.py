@@ -154,7 +154,7 @@ def test_stop_token_ids(model):
 
 @pytest.fixture(scope="module")
 def small_engine(model):
-    return make_engine(model, max_model_len=32, max_thought_tokens=4, max_parallel_thoughts=2)
+    return make_engine(model, max_model_len=32, max_thought_tokens=4, max_num_thoughts=2)
 
 
 def refused(engine, prompt, params, *fragments: str) -> None:

@@ -44,7 +44,7 @@ def hf_greedy(directory, prompt: list[int], suppress: list[int]) -> list[int]:
 
 
 def engine_greedy(model, prompt: list[int], n: int = 1) -> list[list[int]]:
-    engine = make_engine(model, max_parallel_thoughts=1)
+    engine = make_engine(model, max_num_thoughts=1)
     engine.add_request(
         "r", prompt, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True, n=n)
     )

@@ -15,9 +15,7 @@ from tests.engine.engine_support import Choice, make_engine
 
 @pytest.fixture(scope="module")
 def default_engine(default_model_dir):
-    return make_engine(
-        quietstar.load(default_model_dir, dtype=torch.float32), max_parallel_thoughts=1
-    )
+    return make_engine(quietstar.load(default_model_dir, dtype=torch.float32), max_num_thoughts=1)
 
 
 COUNTING = "Count from one to ten: 1, 2, 3,"  # greedy: " 4, 5, 6, 7, 8, 9, 1..."
