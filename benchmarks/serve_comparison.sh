@@ -2,6 +2,7 @@
 # Side-by-side HTTP load run: quietstar serve and the vLLM CPU peer (../shared/docs/peers.md) on
 # the same model folder, same client, prompts and token counts. Results: $OUT/*.json|md.
 #   VLLM_PY=/tmp/peer-vllm/bin/python benchmarks/serve_comparison.sh
+# VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so preloads Intel OpenMP into the peer (its best setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -33,7 +34,7 @@ bench http://127.0.0.1:8090/v1 quietstar-thoughts-on --thoughts on --thought-tok
 kill $QS; wait $QS 2>/dev/null || true
 
 if [ -n "${VLLM_PY:-}" ]; then
-  HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
+  LD_PRELOAD=${VLLM_PRELOAD:-} HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
     "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
     --served-model-name smollm2 --dtype bfloat16 --host 127.0.0.1 --port 8093 \
     --max-model-len 2048 >"$OUT/vllm-server.log" 2>&1 &
