@@ -171,7 +171,8 @@ def configs_from_args(args: argparse.Namespace) -> list[EvalConfig]:
         off = value == "off"
         thoughts = False if off else (True if args.thoughts is None else args.thoughts)
         tokens = None if off else int(value)
-        for content in ["model"] if off else contents:
+        # no tokens, nothing to randomise: one run (START -> END) is the no-content control
+        for content in ["model"] if off or tokens == 0 else contents:
             configs.append(
                 EvalConfig(**common, thoughts=thoughts, thought_tokens=tokens,
                            thought_content=content)

@@ -215,8 +215,9 @@ def test_sweep_writes_one_labelled_folder_per_value(fake, gsm8k_file, tmp_path) 
 
 
 def test_content_control_sweep_sends_thoughts_content(fake, gsm8k_file, tmp_path) -> None:
-    """off, 0 (START -> END only) and 3 tokens, each thoughts-on setting with the model's and
-    with random thoughts: five runs, one folder each; only the random runs send the control."""
+    """off, 0 (START -> END only) and 3 tokens with the model's and with random thoughts: four
+    runs (random thoughts of no tokens would repeat the 0 run), one folder each; only the random
+    run sends the control."""
     from clients.__main__ import build_parser
 
     argv = ["gsm8k", "--data-file", str(gsm8k_file), "--out", str(tmp_path)]
@@ -227,22 +228,16 @@ def test_content_control_sweep_sends_thoughts_content(fake, gsm8k_file, tmp_path
     assert [s["label"] for s in summaries] == [
         "thoughts=off",
         "thoughts=on,tokens=0",
-        "thoughts=on,tokens=0,content=random",
         "thoughts=on,tokens=3",
         "thoughts=on,tokens=3,content=random",
     ]
-    assert [s["thought_content"] for s in summaries] == ["model"] * 2 + [
-        "random",
-        "model",
-        "random",
-    ]
+    assert [s["thought_content"] for s in summaries] == ["model"] * 3 + ["random"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
         "thoughts-0",
-        "thoughts-0-random",
         "thoughts-3",
         "thoughts-3-random",
         "thoughts-off",
     ]
     sent = [(b["thoughts"].get("tokens"), b["thoughts"].get("content")) for b in fake.completions()]
-    per_run = [(None, None), (0, None), (0, "random"), (3, None), (3, "random")]
+    per_run = [(None, None), (0, None), (3, None), (3, "random")]
     assert sent == [pair for pair in per_run for _ in range(3)]
