@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.compare_trees import run_alternated
 
 PROBE = r"""
 import json, statistics, sys, time
@@ -77,18 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench/compare_prefill.json", help="JSON output path")
     a = p.parse_args(argv)
     args = [a.dtype, a.threads, a.requests, a.steps]
-    runs: dict[str, list[dict]] = {tree: [] for tree in a.trees}
-    for _ in range(a.repeats):
-        for tree in a.trees:
-            out = subprocess.run(
-                [sys.executable, "-c", PROBE, *map(str, args)],
-                cwd=tree,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(tree, runs[tree][-1], flush=True)
+    runs = run_alternated(a.trees, PROBE, args, a.repeats)
     base = {k: statistics.median(r[k] for r in runs[a.trees[0]]) for k in runs[a.trees[0]][0]}
     print(
         f"\n| {a.requests} requests at once, {a.dtype}, {a.threads} thread(s) | median (range) "

@@ -67,6 +67,24 @@ print(json.dumps({
 """
 
 
+def run_alternated(trees: list[str], probe: str, args: list, repeats: int) -> dict[str, list[dict]]:
+    """`python -c probe args...` in each tree, alternated A B A B ... `repeats` times; each run's
+    last stdout line is its JSON result."""
+    runs: dict[str, list[dict]] = {tree: [] for tree in trees}
+    for _ in range(repeats):
+        for tree in trees:
+            out = subprocess.run(
+                [sys.executable, "-c", probe, *map(str, args)],
+                cwd=tree,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(tree, runs[tree][-1], flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_trees", description=__doc__)
     p.add_argument("trees", nargs="+", help="source trees (repository roots), first the baseline")
@@ -79,18 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench/compare_trees.json", help="JSON output path")
     a = p.parse_args(argv)
     args = [a.dtype, a.threads, a.tokens, a.think_tokens, a.thought_tokens]
-    runs: dict[str, list[dict]] = {tree: [] for tree in a.trees}
-    for _ in range(a.repeats):
-        for tree in a.trees:
-            out = subprocess.run(
-                [sys.executable, "-c", PROBE, *map(str, args)],
-                cwd=tree,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(tree, runs[tree][-1], flush=True)
+    runs = run_alternated(a.trees, PROBE, args, a.repeats)
     names = list(runs[a.trees[0]][0])
     print(f"\n| measurement ({a.dtype}, {a.threads} threads) | {' | '.join(a.trees)} |")
     print("|---|" + "---|" * len(a.trees))

@@ -42,16 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         help="comma-separated torch thread counts for the engine and core-process sides",
     )
-    p.add_argument("--rounds", type=int, default=2, help="alternated rounds (median reported)")
-    p.add_argument("--num-requests", type=int, default=8, help="requests per concurrency level")
-    p.add_argument("--max-tokens", type=int, default=128, help="visible tokens per request")
-    p.add_argument("--concurrency", default="1,8", help="comma-separated stream counts")
-    p.add_argument(
-        "--data-file",
-        type=Path,
-        default=online_serving.DEFAULT_DATA,
-        help="GSM8K-style JSONL of prompts (as `bench serve`)",
-    )
+    online_serving.add_round_flags(p, max_tokens=128)
     p.add_argument(
         "--extra",
         action="append",

@@ -42,6 +42,20 @@ class RequestResult:
     error: str | None = None
 
 
+def add_round_flags(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    """The load flags of the scripts that alternate several servers in rounds."""
+    p.add_argument("--rounds", type=int, default=2, help="alternated rounds (median reported)")
+    p.add_argument("--num-requests", type=int, default=8, help="requests per concurrency level")
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help="visible tokens per request")
+    p.add_argument("--concurrency", default="1,8", help="comma-separated stream counts")
+    p.add_argument(
+        "--data-file",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="GSM8K-style JSONL of prompts (as `bench serve`)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quietstar bench serve", description=__doc__.split("\n")[0])
     target = p.add_argument_group("target")

@@ -51,16 +51,7 @@ RATIOS = (  # (label, numerator side, denominator side, streams)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.replica_scaling", description=__doc__)
     p.add_argument("--model", default="default", help="`default` or a checkpoint directory")
-    p.add_argument("--rounds", type=int, default=2, help="alternated rounds (median reported)")
-    p.add_argument("--num-requests", type=int, default=8, help="requests per concurrency level")
-    p.add_argument("--max-tokens", type=int, default=64, help="visible tokens per request")
-    p.add_argument("--concurrency", default="1,8", help="comma-separated stream counts")
-    p.add_argument(
-        "--data-file",
-        type=Path,
-        default=online_serving.DEFAULT_DATA,
-        help="GSM8K-style JSONL of prompts (as `bench serve`)",
-    )
+    online_serving.add_round_flags(p, max_tokens=64)
     p.add_argument(
         "--sides",
         default=";".join(SIDES),
