@@ -53,7 +53,8 @@ PARAM_ATOL = 1e-5
 COMPARED = ("loss", "base_loss", "talk_loss", "policy_loss", "reward_mean", "grad_norm", "lr")
 LORA = ("--mode", "lora", "--lora-rank", "2")
 
-pytestmark = pytest.mark.slow  # two launches of two processes: ~50 s of CPU on 2 cores
+# Two launches of two processes (~50 s on 2 cores): in `make test`, as the 2-process checks
+# the sharded path rests on.
 
 
 def launch(spec: list[dict], path: Path, expect_ok: bool = True) -> None:
