@@ -164,9 +164,9 @@ class QuietStarInfo(BaseModel):
     )
     thoughts_default: bool = Field(description="thoughts on for requests that do not say")
     max_thought_tokens: int
-    max_parallel_thoughts: int = Field(
+    max_num_thoughts: int = Field(
         description="the largest `thoughts.count` a request may ask for (the server's "
-        "--max-num-thoughts; the wire name predates it and stays)"
+        "--max-num-thoughts)"
     )
     reasoning_effort_tokens: dict[str, int]
     source: str

@@ -72,7 +72,7 @@ class Serving:
             trained_thought_tokens=list(info.trained_thought_tokens),
             thoughts_default=d.thoughts_enabled,
             max_thought_tokens=d.max_thought_tokens,
-            max_parallel_thoughts=d.max_num_thoughts,
+            max_num_thoughts=d.max_num_thoughts,
             reasoning_effort_tokens=dict(d.effort_tokens),
             source=info.source,
             dtype=info.dtype,
