@@ -245,7 +245,7 @@ async def test_completion_stream_echo_and_usage():
 
 
 async def test_models_card():
-    app, _ = make_app(served_model_name="qs")
+    app, _ = make_app(served_model_name="qs", engine_config={"max_num_thoughts": 3})
     async with client(app) as c:
         data = (await c.get("/v1/models")).json()
         one = (await c.get("/v1/models/qs")).json()
@@ -257,6 +257,7 @@ async def test_models_card():
     assert q["thought_tokens"] == 3 and q["n_ahead"] == 6 and q["heads_trained"] is True
     assert q["trained_thought_tokens"] == [3]
     assert q["thoughts_default"] is True
+    assert q["max_num_thoughts"] == 3 and "max_parallel_thoughts" not in q
 
 
 async def test_metrics_count_requests_tokens_and_latency():
