@@ -76,25 +76,28 @@ def plot_accuracy(summaries: list[dict[str, Any]], out_png: str | Path) -> Path:
     return out_png
 
 
-CONTENT_STYLES = {  # thought content -> (line style, marker, legend suffix)
-    "model": ("-", "o", ""),
-    "random": ("--", "x", ", random thoughts (control)"),
+CONTENT_STYLES = {  # thought content -> (line style, marker, legend suffix, x offset)
+    "model": ("-", "o", "", 0.0),
+    "random": ("--", "x", ", random thoughts (control)", 0.1),  # dodged: error bars stay apart
 }
 
 
 def _draw_series(axes: Any, name: str, runs: list[dict[str, Any]], color: str) -> None:
-    for content, (linestyle, marker, suffix) in CONTENT_STYLES.items():
-        swept = sorted(
-            (r for r in runs if r["thoughts"] and r["thought_tokens"] is not None
-             and _content(r) == content),
-            key=_tokens,
+    on = [r for r in runs if r["thoughts"] and r["thought_tokens"] is not None]
+    empty = [r for r in on if _tokens(r) == 0]  # START -> END: no content to randomise
+    for content, (linestyle, marker, suffix, dx) in CONTENT_STYLES.items():
+        swept = [r for r in on if _content(r) == content and _tokens(r) > 0]
+        if not swept:
+            continue
+        swept = sorted(empty + swept, key=_tokens)  # every line starts at the shared L = 0 point
+        xs = [_tokens(r) + (dx if _tokens(r) else 0.0) for r in swept]
+        axes.errorbar(
+            xs, *_y_err(swept), marker=marker, linestyle=linestyle, capsize=3, color=color,
+            label=name + suffix,
         )  # fmt: skip
-        if swept:
-            xs = [_tokens(r) for r in swept]
-            axes.errorbar(
-                xs, *_y_err(swept), marker=marker, linestyle=linestyle, capsize=3, color=color,
-                label=name + suffix,
-            )  # fmt: skip
+    if empty and not any(_tokens(r) > 0 for r in on):
+        axes.errorbar([0] * len(empty), *_y_err(empty), marker="o", capsize=3, color=color,
+                      linestyle="none", label=f"{name}, START -> END only")  # fmt: skip
     for run in runs:
         if run["thoughts"] is False:
             axes.axhline(run["accuracy"], linestyle=":", color=color, label=f"{name}, thoughts off")
