@@ -4,8 +4,8 @@
 Ray picks the replica for each call (power of two choices). A replica that dies (its actor, or
 the engine core inside it) before it sent anything is retried on another (Ray does not retry
 streaming calls); one that dies mid-stream ends the stream with ReplicaDiedError, which the API
-reports as a 500 error (an SSE error event on streams). Closing a `generate` iterator cancels the Ray call, which cancels the replica's
-generator, which aborts the engine request.
+reports as a 500 error (an SSE error event on streams). Closing a `generate` iterator cancels
+the Ray call, which cancels the replica's generator, which aborts the engine request.
 """
 
 from __future__ import annotations
