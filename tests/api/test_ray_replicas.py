@@ -121,6 +121,11 @@ class Stream(threading.Thread):
         return sum(1 for e in self.events if e != "[DONE]" and "choices" in json.loads(e))
 
     @property
+    def finish_reason(self) -> str | None:
+        chunks = [json.loads(e) for e in self.events if e != "[DONE]" and '"choices"' in e]
+        return next((c["choices"][0].get("finish_reason") for c in chunks[::-1]), None)
+
+    @property
     def is_complete(self) -> bool:
         return bool(self.events) and self.events[-1] == "[DONE]" and not self.errors
 
@@ -176,14 +181,16 @@ def test_killed_replica_fails_its_streams_and_is_replaced(cluster):
     code, body = health(base)
     assert code == 200 and body["replicas"]["running"] == 1, body  # until Ray replaces it
     for stream in streams:
-        stream.join(120)
+        stream.join(300)  # four 200-token streams on one replica: slow on a loaded machine
+        assert not stream.is_alive(), f"a stream still open after 300 s: {stream.events[-2:]}"
         assert stream.error is None, stream.error
     failed = [s for s in streams if s.errors]
     assert failed and len(failed) < len(streams), [s.events[-2:] for s in streams]
     for stream in failed:
         (error,) = stream.errors
         assert "replica" in error["message"] and error["type"] == "server_error"
-    assert all(s.is_complete and s.num_text_chunks >= 200 for s in streams if s not in failed)
+    for stream in (s for s in streams if s not in failed):  # ran to max_tokens on the survivor
+        assert stream.is_complete and stream.finish_reason == "length", stream.events[-3:]
     wait_for(lambda: health(base) == (200, HEALTHY) and len(replica_pids(proc.pid)) == 2, 120)
     assert pids[0] not in replica_pids(proc.pid)
     assert complete(base).status_code == 200
@@ -194,8 +201,8 @@ def test_sigterm_drains_both_replicas(cluster):
     streams = start_streams(base, 4, 60)
     proc.send_signal(signal.SIGTERM)
     for stream in streams:
-        stream.join(120)
+        stream.join(300)
     assert [s.error for s in streams] == [None] * 4
     for stream in streams:
-        assert stream.is_complete and stream.num_text_chunks >= 60, stream.events[-3:]
+        assert stream.is_complete and stream.finish_reason == "length", stream.events[-3:]
     assert proc.wait(90) == 0
