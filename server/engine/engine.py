@@ -187,11 +187,12 @@ class Engine:
         lanes = [len(span.thoughts) for _, span in group]
         temperature = [s.params.thoughts.temperature for s, k in zip(seqs, lanes) for _ in range(k)]
         logits = self.model.logits(h[rows])  # (sum K, V)
-        random = [
-            s.params.thoughts.content == "random" for s, k in zip(seqs, lanes) for _ in range(k)
-        ]
-        if any(random):  # the content control: uniform over the allowed ids, same draws
-            logits[torch.tensor(random, device=h.device)] = self._uniform_logits
+        if any(s.params.thoughts.content == "random" for s in seqs):  # the content control:
+            random = [s.params.thoughts.content == "random" for s, k in zip(seqs, lanes)]
+            rows_random = torch.tensor(random, device=h.device).repeat_interleave(
+                torch.tensor(lanes, device=h.device)
+            )
+            logits[rows_random] = self._uniform_logits  # uniform over the allowed ids, same draws
         tokens = sample_thoughts(
             logits,
             None if set(temperature) == {1.0} else torch.tensor(temperature, device=h.device),

@@ -13,7 +13,13 @@ import torch
 
 from quietstar import reference, thought_content
 from server.engine import ThoughtParams, sampling_params
-from tests.engine.engine_support import assert_close, make_engine, prompt_ids, tiny_model
+from tests.engine.engine_support import (
+    assert_close,
+    make_engine,
+    prompt_ids,
+    run_to_completion,
+    tiny_model,
+)
 from tests.engine.test_engine_thoughts import generate_one, thinking
 
 
@@ -93,3 +99,25 @@ def test_random_thoughts_in_parallel_scoring_match_the_per_position_reference():
     got = torch.tensor(out.logprobs[1:])
     torch.testing.assert_close(got, expected.cpu(), atol=1e-4, rtol=0)
     assert not set(thoughts.flatten().tolist()) & set(model.masked_token_ids.tolist())
+
+
+def test_a_batch_mixing_random_and_model_thoughts_equals_each_alone():
+    """Row masks follow each request's K thought rows: in one batch, the random-content request
+    and the model-content one get exactly what each gets alone."""
+    model = tiny_model("llama", heads_seed=5)
+    prompts = {"random": prompt_ids(7, seed=8), "model": prompt_ids(5, seed=9)}
+    params = {
+        "random": random_thinking(4, 3, K=2, seed=31),
+        "model": thinking(4, 3, K=3, seed=32),
+    }
+    engine = make_engine(model)
+    for name in ("random", "model"):
+        engine.add_request(name, prompts[name], params[name])
+    together = run_to_completion(engine)
+    for name in ("random", "model"):
+        alone = generate_one(model, prompts[name], params[name])
+        got = together[name, 0]
+        assert [t.thought_ids for t in got.tokens] == [t.thought_ids for t in alone.tokens]
+        assert [t.token_id for t in got.tokens] == [t.token_id for t in alone.tokens]
+        for a, b in zip(got.tokens, alone.tokens):
+            assert_close(a.logprob, b.logprob, 1e-5, f"{name} logprob")
