@@ -104,8 +104,10 @@ class Stream(threading.Thread):
         self.error: Exception | None = None
 
     def run(self) -> None:
+        # Sampled text may reach end-of-sequence early; ignore_eos makes every stream run to
+        # max_tokens, so "finished with length" means "was not cut short".
         body = {"model": "default", "prompt": "Once upon a time", "stream": True}
-        body["max_tokens"] = self.max_tokens
+        body.update(max_tokens=self.max_tokens, ignore_eos=True)
         try:
             url = f"{self.base}/v1/completions"
             with httpx.stream("POST", url, json=body, headers=AUTH, timeout=120) as r:
@@ -147,7 +149,8 @@ def start_streams(base: str, count: int, max_tokens: int) -> list[Stream]:
 
 
 def complete(base: str, **extra) -> httpx.Response:
-    body = {"model": "default", "prompt": "The capital of France is", "max_tokens": 4, **extra}
+    body = {"model": "default", "prompt": "The capital of France is", "max_tokens": 4}
+    body.update(ignore_eos=True, **extra)
     return httpx.post(f"{base}/v1/completions", json=body, headers=AUTH, timeout=60)
 
 
