@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from quietstar.llama import sdpa
 
@@ -81,6 +82,7 @@ class DecodeAttention:
         self.thought_mask = (
             torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
         )
+        self.thinks = batch.thought_len > 0  # (num_slots,)
         if batch.max_thought:
             self.joint_mask = torch.cat((self.prefix_mask, self.thought_mask), dim=1)
 
@@ -100,27 +102,53 @@ class DecodeAttention:
         if b.R == 1 and len(q) == b.num_slots:  # one row per slot: a plain SDPA call
             return self._one_row_per_slot(layer, q)
         H, D = q.shape[1:]
-        kvh = k.shape[1]
+        n, R, B, kvh = b.num_slots, b.R, b.base_cols, k.shape[1]
         g = H // kvh
-        packed = len(q) == b.num_slots * b.R  # every (slot, column) has a row: no scatter/gather
+        packed = len(q) == n * R  # every (slot, column) has a row: no scatter/gather
         if packed:
             qd = q
         else:
-            qd = q.new_zeros(b.num_slots * b.R, H, D)
+            qd = q.new_zeros(n * R, H, D)
             qd[b.dense_index] = q
-        qd = qd.view(b.num_slots, b.R, kvh, g, D).permute(0, 2, 1, 3, 4)  # (n, KVH, R, G, D)
-        scale = 1.0 / math.sqrt(D)
-        Kp = self.cache.k[layer, : b.num_slots, :, : b.max_prefix]  # (n, KVH, P, D): a view
-        Vp = self.cache.v[layer, : b.num_slots, :, : b.max_prefix]
-        sp = torch.matmul(qd.reshape(b.num_slots, kvh, b.R * g, D), Kp.transpose(-1, -2)) * scale
-        sp = sp.float().masked_fill(~self.prefix_mask[:, None, None, :], float("-inf"))
-        if b.max_thought == 0:
-            p = torch.softmax(sp, dim=-1).to(q.dtype)
-            out = torch.matmul(p, Vp).view(b.num_slots, kvh, b.R, g, D)
-        else:
-            out = self._with_thoughts(layer, qd, sp, Vp, scale)
-        out = out.permute(0, 2, 1, 3, 4).reshape(b.num_slots * b.R, H, D)
+        qd = qd.view(n, R, kvh, g, D)
+        # Every row of a slot sees the slot's prefix: its R x G query rows per key/value head
+        # in one call.
+        Kp = self.cache.k[layer, :n, :, : b.max_prefix]  # (n, KVH, P, D): a view
+        Vp = self.cache.v[layer, :n, :, : b.max_prefix]
+        qp = qd.permute(0, 2, 1, 3, 4).reshape(n, kvh, R * g, D)
+        out, lse = sdpa_lse(qp, Kp, Vp, self._bias(self.prefix_mask, q.dtype))
+        out = out.view(n, kvh, R, g, D)
+        if b.max_thought and R > B:
+            merged = self._add_thoughts(
+                layer, qd[:, B:], out[:, :, B:], lse.view(n, kvh, R, g)[:, :, B:]
+            )
+            out = torch.cat((out[:, :, :B], merged), dim=2) if B else merged
+        out = out.permute(0, 2, 1, 3, 4).reshape(n * R, H, D)
         return (out if packed else out[b.dense_index])[None]
+
+    def _bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(rows, keys) bool -> (rows, 1, 1, keys) additive mask in the query dtype."""
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        return torch.where(mask, zero, float("-inf"))[:, None, None, :]
+
+    def _add_thoughts(self, layer: int, qt, out_p, lse_p):
+        """Thought rows also see their own branch: attend it separately and merge with the prefix
+        part by log-sum-exp (the split-KV merge), so neither part's keys are copied.
+        qt (n, C, KVH, G, D) thought columns; out_p (n, KVH, C, G, D), lse_p (n, KVH, C, G)."""
+        b = self.b
+        n, C, kvh, g, D = qt.shape
+        T = b.max_thought
+        Kt = self.cache.tk[layer, :n, :C, :, :T].reshape(n * C, kvh, T, D)
+        Vt = self.cache.tv[layer, :n, :C, :, :T].reshape(n * C, kvh, T, D)
+        bias = self._bias(self.thought_mask, qt.dtype).repeat_interleave(C, dim=0)
+        out_t, lse_t = sdpa_lse(qt.reshape(n * C, kvh, g, D), Kt, Vt, bias)
+        out_t = out_t.view(n, C, kvh, g, D).transpose(1, 2)
+        # a slot that is not thinking has no thought keys: its rows keep the prefix part only
+        lse_t = lse_t.view(n, C, kvh, g).transpose(1, 2)
+        lse_t = lse_t.masked_fill(~self.thinks[:, None, None, None], float("-inf"))
+        lse = torch.logaddexp(lse_p, lse_t)
+        w_p, w_t = (lse_p - lse).exp()[..., None], (lse_t - lse).exp()[..., None]
+        return (out_p.float() * w_p + out_t.float() * w_t).to(qt.dtype)
 
     def _one_row_per_slot(self, layer: int, q):
         """Thoughts off (the slot's prefix), or one thought per slot on a thought-only step (its
@@ -135,30 +163,30 @@ class DecodeAttention:
             keys = torch.cat((keys, self.cache.tk[layer, : b.num_slots, 0, :, :T]), dim=2)
             values = torch.cat((values, self.cache.tv[layer, : b.num_slots, 0, :, :T]), dim=2)
             mask = self.joint_mask
-        # Grouped heads as rows of one small matmul per slot: for a single query row this beat
-        # the CPU SDPA kernel with a mask and GQA (0.46 ms per layer at batch 8) several times.
+        # A slot's G query heads per key/value head are G query rows of one SDPA call (every row
+        # sees the same keys, so no GQA expansion and no causal mask). Its fused kernel keeps one
+        # cost for every prefix length, where bf16 matmuls paid a oneDNN set-up for each new
+        # length, i.e. on every step (benchmarks/RESULTS.md, "Decode attention").
         n, kvh, _, D = keys.shape
-        qg = q.view(n, kvh, -1, D)  # (n, KVH, G, D)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * (1.0 / math.sqrt(D))
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        p = torch.softmax(scores, dim=-1).to(q.dtype)
-        return torch.matmul(p, values).view(1, n, -1, D)  # (1, n, H, D)
+        out = F.scaled_dot_product_attention(
+            q.view(n, kvh, -1, D), keys, values, attn_mask=mask[:, None, None, :]
+        )
+        return out.view(1, n, -1, D)  # (1, n, H, D)
 
-    def _with_thoughts(self, layer: int, qd, sp, Vp, scale):
-        b = self.b
-        n, kvh, R, g, D = qd.shape
-        B = b.base_cols
-        Kt = self.cache.tk[layer, :n, : R - B, :, : b.max_thought]  # (n, R-B, KVH, T, D)
-        Vt = self.cache.tv[layer, :n, : R - B, :, : b.max_thought]
-        st = torch.einsum("nkrgd,nrktd->nkrgt", qd[:, :, B:], Kt).float() * scale
-        st = st.masked_fill(~self.thought_mask[:, None, None, None, :], float("-inf"))
-        if B:  # base rows see no thoughts
-            st = torch.cat((st.new_full((n, kvh, 1, g, b.max_thought), float("-inf")), st), dim=2)
-        scores = torch.cat((sp.view(n, kvh, R, g, -1), st), dim=-1)  # (n, KVH, R, G, P + T)
-        p = torch.softmax(scores, dim=-1).to(qd.dtype)
-        pp, pt = p[..., : b.max_prefix], p[..., b.max_prefix :]
-        out = torch.matmul(pp.reshape(n, kvh, R * g, -1), Vp).view(n, kvh, R, g, D)
-        thought_out = torch.einsum("nkrgt,nrktd->nkrgd", pt[:, :, B:], Vt)
-        if B:
-            return torch.cat((out[:, :, :1], out[:, :, 1:] + thought_out), dim=2)
-        return out + thought_out
+
+def sdpa_lse(q, k, v, bias):
+    """Attention with its log-sum-exp: q (B, H, M, D), k/v (B, H, S, D), bias additive and
+    broadcastable to (B, H, M, S) -> out (B, H, M, D) in q's dtype, lse (B, H, M) fp32. CPU uses
+    PyTorch's fused flash kernel, other devices `sdpa_lse_math`. Rows with every key masked give
+    an undefined lse: callers mask those."""
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
+    return sdpa_lse_math(q, k, v, bias)
+
+
+def sdpa_lse_math(q, k, v, bias):
+    """`sdpa_lse` in plain ops (fp32 scores and softmax)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    p = (scores - lse[..., None]).exp().nan_to_num(0.0)
+    return torch.matmul(p.to(v.dtype), v), lse
