@@ -78,8 +78,10 @@ class EngineConfig:
     num_threads: int | None = field(
         default=None,
         metadata={
-            "help": "torch CPU threads (default: torch's; under `quietstar serve` on CPU, all "
-            "cores but one, which stays with the HTTP event loop)"
+            "help": "torch CPU threads (default: torch's; under `quietstar serve` on CPU, every "
+            "core for the engine-core process, all but one with --engine-core thread); on a "
+            "machine shared with other busy processes, fewer threads avoid stalled OpenMP "
+            "barriers"
         },
     )
 

@@ -227,3 +227,12 @@ def test_core_messages_round_trip():
     ready = msg.from_core.decode(msg.encoder.encode(msg.Ready(info, limits, b"")))
     assert ready.model_info == info and isinstance(ready.model_info, ModelInfo)
     assert ready.limits == limits
+
+
+def test_core_threads_take_every_core_on_cpu_unless_told():
+    from server.engine.core import core_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert core_threads(EngineConfig(device="cpu")) == cores
+    assert core_threads(EngineConfig(device="cpu", num_threads=1)) == 1
+    assert core_threads(EngineConfig(device="cuda")) is None  # torch's own default
