@@ -30,8 +30,23 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        if torch.compiler.is_compiling():  # opaque to the compiler: see packed_linear
+            out = packed_linear(flat, self.packed, self.bias)
+        else:
+            out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)
+
+
+@torch.library.custom_op("quietstar::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A pre-packed linear as one opaque op for torch.compile: Inductor's own lowering of the
+    oneDNN linear expects weights it froze itself, not ours."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x, packed, bias):
+    return x.new_empty(x.shape[0], packed.shape[0])
 
 
 def _linears(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:

@@ -10,6 +10,7 @@ DTYPE_CHOICES = ("auto", "bfloat16", "float32", "float16")
 QUANT_MODES = ("int8", "int4")  # quietstar.quant's, spelled out for the same reason
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 CUDA_GRAPHS = ("auto", "on", "off")
+COMPILE = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,16 @@ class EngineConfig:
             "auto (on for a CUDA device, off otherwise), on (CUDA only), off"
         },
     )
+    compile: str = field(
+        default="off",
+        metadata={
+            "help": "torch.compile the decode step's network (attention and pre-packed linears "
+            "stay as they are; the elementwise work between them is fused): on, off. Compiles at "
+            "start-up (tens of seconds on 2 cores; cached for later starts); on CPU it needs a C++ "
+            "compiler",
+            "choices": COMPILE,
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed for requests that give none"})
     num_threads: int | None = field(
         default=None,
@@ -104,6 +115,8 @@ class EngineConfig:
                 f"cuda_graphs 'on' needs a CUDA device, got device {self.device!r} "
                 "(use 'auto' or 'off')"
             )
+        if self.compile not in COMPILE:
+            raise ValueError(f"compile must be one of {COMPILE}, got {self.compile!r}")
         if self.max_thought_tokens < 0:
             raise ValueError(f"max_thought_tokens must be >= 0, got {self.max_thought_tokens}")
 

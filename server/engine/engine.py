@@ -66,7 +66,11 @@ class Engine:
             self.model.device,
         )
         self.runner = ModelRunner(
-            self.model, self.cache, pad=False, cuda_graphs=config.use_cuda_graphs
+            self.model,
+            self.cache,
+            pad=False,
+            cuda_graphs=config.use_cuda_graphs,
+            compile=config.compile == "on",
         )
         self.scheduler = Scheduler(self.cache)
         self.seeds = itertools.count(config.seed)

@@ -152,12 +152,24 @@ def _pad(rows: list[Row], num_slots: int, R: int, scratch_slot: int) -> list[Row
 
 
 class ModelRunner:
-    def __init__(self, model: QuietStarModel, cache: KVCache, pad: bool, cuda_graphs: bool):
+    def __init__(
+        self,
+        model: QuietStarModel,
+        cache: KVCache,
+        pad: bool,
+        cuda_graphs: bool,
+        compile: bool = False,
+    ):
         self.model, self.cache = model, cache
         self.device = model.device
         self.buckets = bucket_sizes(cache.max_seqs)
         self.pad = pad or cuda_graphs
-        self.graphs = None
+        self.graphs = self.compiled = None
+        if compile:
+            from .compiled import CompiledDecode  # imports torch.compile's machinery: on demand
+
+            self.compiled = CompiledDecode(self._network)
+            self.compiled.warm_up([self._padding_step(n) for n in (1, 2)])
         if cuda_graphs:
             from .cuda_graph import DecodeGraphs  # CUDA only: imported when asked for
 
@@ -196,8 +208,20 @@ class ModelRunner:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, batch: DecodeBatch):
         """(N,) ids and positions -> (N, d) hidden states; no host synchronisation, so that it
         can be captured."""
+        attention = DecodeAttention(self.cache, batch)
+        if self.compiled is not None:
+            return self.compiled.run(ids, positions, attention)
+        return self._network(ids, positions, attention)
+
+    def _network(self, ids: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
         x = self.model.backbone.embed_tokens(ids.clamp(min=0))
         for which in (START_THOUGHT, END_THOUGHT):
             x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
-        attention = DecodeAttention(self.cache, batch)
         return self.model.backbone(x[None], positions[None], attention)[0]
+
+    def _padding_step(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, DecodeAttention]:
+        """A step of padding rows only (they write only the scratch slot): for warming up."""
+        inp = prepare_decode([], self.cache, padded_slots=num_slots)
+        if self.device.type != "cpu":
+            inp = inp.to(self.device)
+        return inp.ids, inp.positions, DecodeAttention(self.cache, inp.batch)

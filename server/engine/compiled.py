@@ -1,0 +1,84 @@
+"""`--compile on`: the decode step's network through torch.compile (Inductor), attention left to
+the engine.
+
+Between its linears, a decoder layer is ~20 small eager ops (RMSNorm in fp32, RoPE, the SiLU
+gate, residual adds), each a dispatch and, with several threads, an OpenMP fork and join.
+Inductor fuses them into a few generated kernels. Two things stay opaque custom ops, so one
+compiled graph, dynamic in the row count, serves every step:
+- attention (`quietstar::decode_attention`): it reads the step's batch description (slots,
+  prefix and thought lengths), whose sizes change every step, and writes the KV cache. The op
+  calls the step's `DecodeAttention`, set around each call;
+- pre-packed linears (`quietstar::packed_linear`, in quietstar.packed).
+
+Compiling happens at engine start (a warm-up on the cache's scratch slot, one row and two), so
+no request waits for it; Inductor caches what it builds, so later starts are faster. Needs a C++
+compiler on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from .attention import DecodeAttention
+
+log = logging.getLogger(__name__)
+
+_STEP_ATTENTION: list[DecodeAttention | None] = [None]  # the running step's, set by `run`
+
+
+@torch.library.custom_op("quietstar::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+    """The running step's DecodeAttention for one layer (it also writes that layer's K/V)."""
+    attention = _STEP_ATTENTION[0]
+    assert attention is not None, "quietstar::decode_attention called outside a compiled step"
+    return attention.attend(layer, q, k, v).contiguous()
+
+
+@decode_attention.register_fake
+def _(q, k, v, layer):
+    return q.new_empty(q.shape)
+
+
+class _OpaqueAttention:
+    """What the compiled network is traced with: every layer's attention is one custom-op call."""
+
+    def attend(self, layer: int, q, k, v):
+        return decode_attention(q, k, v, layer)
+
+
+Network = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+class CompiledDecode:
+    def __init__(self, network: Network):
+        """`network(ids, positions, attention)` -> (N, d) hidden states."""
+        opaque = _OpaqueAttention()
+        self.compiled = torch.compile(
+            lambda ids, positions: network(ids, positions, opaque),
+            dynamic=True,
+            fullgraph=True,  # any graph break is an error, not a silent slow path
+        )
+
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, attention: DecodeAttention):
+        _STEP_ATTENTION[0] = attention
+        try:
+            return self.compiled(ids, positions)
+        finally:
+            _STEP_ATTENTION[0] = None
+
+    def warm_up(self, steps: list[tuple[torch.Tensor, torch.Tensor, DecodeAttention]]) -> None:
+        """Compile now, on padding-only steps (they write only the scratch slot)."""
+        start = time.perf_counter()
+        try:
+            for ids, positions, attention in steps:
+                self.run(ids, positions, attention)
+        except Exception as e:
+            raise RuntimeError(
+                f"--compile on: torch.compile failed ({type(e).__name__}: {e}); on CPU it needs "
+                "a working C++ compiler (set CXX), or serve with --compile off"
+            ) from e
+        log.info("decode step compiled in %.1f s", time.perf_counter() - start)
