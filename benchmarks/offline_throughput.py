@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare-quantize", default=None, metavar="LIST", help=quant_throughput.VARIANT_HELP
     )
+    p.add_argument(
+        "--compile",
+        choices=["off", "on"],
+        default="off",
+        help="torch.compile the engine's decode network, as `quietstar serve --compile`",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--tokens", type=int, default=64, help="visible tokens per thoughts-off run")
     p.add_argument("--thought-tokens", type=int, default=8, help="L for the thoughts-on runs")
@@ -89,6 +95,7 @@ class Bench:
                 quantize_group_size=args.quantize_group_size,
                 max_model_len=2048,
                 max_num_seqs=8,
+                compile=args.compile,
             ),
             model=self.model,
         )

@@ -3,6 +3,7 @@
 # the same model folder, same client, prompts and token counts. Results: $OUT/*.json|md.
 #   VLLM_PY=/tmp/peer-vllm/bin/python benchmarks/serve_comparison.sh
 # VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so preloads Intel OpenMP into the peer (its best setting).
+# QS_COMPILED=1 also runs quietstar with --compile on (thoughts off; results quietstar-compiled-*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -32,6 +33,15 @@ bench http://127.0.0.1:8090/v1 quietstar-thoughts-off --thoughts off
 bench http://127.0.0.1:8090/v1 quietstar-thoughts-on --thoughts on --thought-tokens 8 \
   --num-requests "$THINK_N" --max-tokens "$THINK_TOKENS"
 kill $QS; wait $QS 2>/dev/null || true
+
+if [ -n "${QS_COMPILED:-}" ]; then
+  $PY -m server --model default --port 8090 --max-num-seqs 8 --compile on \
+    >"$OUT/quietstar-compiled-server.log" 2>&1 &
+  QS=$!
+  wait_healthy http://127.0.0.1:8090/health
+  bench http://127.0.0.1:8090/v1 quietstar-compiled-thoughts-off --thoughts off
+  kill $QS; wait $QS 2>/dev/null || true
+fi
 
 if [ -n "${VLLM_PY:-}" ]; then
   LD_PRELOAD=${VLLM_PRELOAD:-} HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \

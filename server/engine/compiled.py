@@ -10,8 +10,9 @@ compiled graph, dynamic in the row count, serves every step:
   calls the step's `DecodeAttention`, set around each call;
 - pre-packed linears (`quietstar::packed_linear`, in quietstar.packed).
 
-Compiling happens at engine start (a warm-up on the cache's scratch slot, one row and two), so
-no request waits for it; Inductor caches what it builds, so later starts are faster. Needs a C++
+Compiling happens at engine start (a warm-up on the cache's scratch slot, one row and two: one
+row is a graph of its own, two and more share a graph dynamic in the row count), so no request
+waits for it; Inductor caches what it builds, so later starts are faster. Needs a C++
 compiler on CPU.
 """
 
@@ -71,7 +72,9 @@ class CompiledDecode:
             _STEP_ATTENTION[0] = None
 
     def warm_up(self, steps: list[tuple[torch.Tensor, torch.Tensor, DecodeAttention]]) -> None:
-        """Compile now, on padding-only steps (they write only the scratch slot)."""
+        """Compile now, on padding-only steps (they write only the scratch slot). Call under
+        torch.inference_mode(), with the steps' tensors made under it, as the engine's steps are:
+        the compiled graphs are guarded on both."""
         start = time.perf_counter()
         try:
             for ids, positions, attention in steps:

@@ -169,7 +169,8 @@ class ModelRunner:
             from .compiled import CompiledDecode  # imports torch.compile's machinery: on demand
 
             self.compiled = CompiledDecode(self._network)
-            self.compiled.warm_up([self._padding_step(n) for n in (1, 2)])
+            with torch.inference_mode():  # as steps run: other tensors or modes recompile
+                self.compiled.warm_up([self._padding_step(n) for n in (1, 2)])
         if cuda_graphs:
             from .cuda_graph import DecodeGraphs  # CUDA only: imported when asked for
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from server.engine import SamplingParams
 from server.engine.compiled import CompiledDecode
@@ -54,7 +55,9 @@ def test_compiled_step_equals_eager(model, monkeypatch):
     )
     engine = make_engine(model, compile="on")
     assert engine.runner.compiled is not None
+    graphs = counters["stats"]["unique_graphs"]
     compiled = run(engine)
+    assert counters["stats"]["unique_graphs"] == graphs, "a request waited for a compile"
     assert eager.keys() == {("r0", 0), ("r1", 0), ("r2", 0)}
     assert_same_runs(compiled, eager)
     # one call per decode step: r0 alone needs 6 visible tokens x (3 + 2) steps, less the first
