@@ -13,6 +13,11 @@ CUDA_GRAPHS = ("auto", "on", "off")
 COMPILE = ("off", "on")
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """`1,8,16` -> (1, 8, 16)."""
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = field(
@@ -79,10 +84,20 @@ class EngineConfig:
         default="off",
         metadata={
             "help": "torch.compile the decode step's network (attention and pre-packed linears "
-            "stay as they are; the elementwise work between them is fused): on, off. Compiles at "
-            "start-up (tens of seconds on 2 cores; cached for later starts); on CPU it needs a C++ "
-            "compiler",
+            "stay as they are; the elementwise work between them is fused) for the step sizes in "
+            "--compile-sizes: on, off. Compiles at start-up (about 20-80 s per size for the "
+            "default model on 2 cores; cached for later starts); on CPU it needs a C++ compiler",
             "choices": COMPILE,
+        },
+    )
+    compile_sizes: tuple[int, ...] = field(
+        default=(1,),
+        metadata={
+            "help": "with --compile on: comma-separated step sizes in rows (a step has one row "
+            "per stream, one per thought while thinking, and both on a token's first thought "
+            "step) to compile a static graph for, each at start-up; steps of other sizes run "
+            "eagerly (default: 1)",
+            "parse": parse_sizes,
         },
     )
     seed: int = field(default=0, metadata={"help": "seed for requests that give none"})
@@ -117,6 +132,9 @@ class EngineConfig:
             )
         if self.compile not in COMPILE:
             raise ValueError(f"compile must be one of {COMPILE}, got {self.compile!r}")
+        object.__setattr__(self, "compile_sizes", tuple(self.compile_sizes))  # JSON gives a list
+        if not self.compile_sizes or any(n < 1 for n in self.compile_sizes):
+            raise ValueError(f"compile_sizes must be row counts >= 1, got {self.compile_sizes}")
         if self.max_thought_tokens < 0:
             raise ValueError(f"max_thought_tokens must be >= 0, got {self.max_thought_tokens}")
 

@@ -70,7 +70,7 @@ class Engine:
             self.cache,
             pad=False,
             cuda_graphs=config.use_cuda_graphs,
-            compile=config.compile == "on",
+            compile_sizes=config.compile_sizes if config.compile == "on" else (),
         )
         self.scheduler = Scheduler(self.cache)
         self.seeds = itertools.count(config.seed)

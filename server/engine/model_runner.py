@@ -158,19 +158,19 @@ class ModelRunner:
         cache: KVCache,
         pad: bool,
         cuda_graphs: bool,
-        compile: bool = False,
+        compile_sizes: tuple[int, ...] = (),
     ):
         self.model, self.cache = model, cache
         self.device = model.device
         self.buckets = bucket_sizes(cache.max_seqs)
         self.pad = pad or cuda_graphs
         self.graphs = self.compiled = None
-        if compile:
+        if compile_sizes:  # row counts to compile the decode network for
             from .compiled import CompiledDecode  # imports torch.compile's machinery: on demand
 
-            self.compiled = CompiledDecode(self._network)
+            self.compiled = CompiledDecode(self._network, compile_sizes)
             with torch.inference_mode():  # as steps run: other tensors or modes recompile
-                self.compiled.warm_up([self._padding_step(n) for n in (1, 2)])
+                self.compiled.warm_up([self._padding_step(n) for n in compile_sizes])
         if cuda_graphs:
             from .cuda_graph import DecodeGraphs  # CUDA only: imported when asked for
 
@@ -221,7 +221,8 @@ class ModelRunner:
         return self.model.backbone(x[None], positions[None], attention)[0]
 
     def _padding_step(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, DecodeAttention]:
-        """A step of padding rows only (they write only the scratch slot): for warming up."""
+        """A step of `num_slots` padding rows (they write only the scratch slot): for warming
+        up."""
         inp = prepare_decode([], self.cache, padded_slots=num_slots)
         if self.device.type != "cpu":
             inp = inp.to(self.device)
