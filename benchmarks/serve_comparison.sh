@@ -5,21 +5,10 @@
 # VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so preloads Intel OpenMP into the peer (its best setting).
 # QS_COMPILED=1 also runs quietstar with --compile on --compile-sizes 1,8 (thoughts off;
 # results quietstar-compiled-*).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/bench}
-N=${NUM_REQUESTS:-16}
-TOKENS=${MAX_TOKENS:-128}
+source "$(dirname "$0")/serve_common.sh"
 THINK_N=${THINK_REQUESTS:-8}       # thoughts on costs L+2 steps per token: fewer, shorter requests
 THINK_TOKENS=${THINK_TOKENS:-32}
-MODEL_DIR=$($PY -c 'from quietstar.default_model import default_model_dir; print(default_model_dir())')
-mkdir -p "$OUT"
-
-wait_healthy() {  # url
-  for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 1; done
-  echo "server at $1 did not come up" >&2; return 1
-}
 bench() {  # base-url name extra-args... (later --num-requests / --max-tokens win)
   local url=$1 name=$2; shift 2
   $PY -m benchmarks serve --base-url "$url" --concurrency 1,8 --num-requests "$N" \
@@ -45,10 +34,7 @@ if [ -n "${QS_COMPILED:-}" ]; then
 fi
 
 if [ -n "${VLLM_PY:-}" ]; then
-  LD_PRELOAD=${VLLM_PRELOAD:-} HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
-    "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
-    --served-model-name smollm2 --dtype bfloat16 --host 127.0.0.1 --port 8093 \
-    --max-model-len 2048 >"$OUT/vllm-server.log" 2>&1 &
+  start_vllm "$OUT/vllm-server.log"
   VL=$!
   trap 'kill $VL 2>/dev/null || true' EXIT
   wait_healthy http://127.0.0.1:8093/health

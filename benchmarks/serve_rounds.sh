@@ -5,21 +5,11 @@
 # written to $OUT/rounds.md and rounds.json. Thoughts off, streamed completions, ignore_eos.
 #   VLLM_PY=/tmp/peer-vllm/bin/python VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so \
 #     ROUNDS=3 OUT=runs/rounds benchmarks/serve_rounds.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/rounds}
 ROUNDS=${ROUNDS:-3}
-N=${NUM_REQUESTS:-8}
-TOKENS=${MAX_TOKENS:-128}
+NUM_REQUESTS=${NUM_REQUESTS:-8}
 : "${VLLM_PY:?set VLLM_PY to the python of the peer (../shared/docs/peers.md)}"
-MODEL_DIR=$($PY -c 'from quietstar.default_model import default_model_dir; print(default_model_dir())')
-mkdir -p "$OUT"
-
-wait_healthy() {  # url
-  for _ in $(seq 1 600); do curl -sf "$1" >/dev/null && return 0; sleep 1; done
-  echo "server at $1 did not come up" >&2; return 1
-}
+source "$(dirname "$0")/serve_common.sh"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 $PY -m server --model default --port 8090 --max-num-seqs 8 >"$OUT/quietstar-server.log" 2>&1 &
@@ -29,10 +19,7 @@ $PY -m server --model default --port 8091 --max-num-seqs 8 --compile on --compil
 PIDS+=($!)
 wait_healthy http://127.0.0.1:8090/health
 wait_healthy http://127.0.0.1:8091/health
-LD_PRELOAD=${VLLM_PRELOAD:-} HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
-  "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
-  --served-model-name smollm2 --dtype bfloat16 --host 127.0.0.1 --port 8093 \
-  --max-model-len 2048 >"$OUT/vllm-server.log" 2>&1 &
+start_vllm "$OUT/vllm-server.log"
 PIDS+=($!)
 wait_healthy http://127.0.0.1:8093/health
 
