@@ -10,7 +10,9 @@ training and checkpoints never see these modules.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import weakref
 
 import torch
 from torch import nn
@@ -27,26 +29,37 @@ class PackedLinear(nn.Module):
         # vocabulary replaces the tied weight without updating them
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.handle = next(_handles)  # how a compiled graph names the packed weight
+        _PACKED[self.handle] = self.packed
+        weakref.finalize(self, _PACKED.pop, self.handle, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if torch.compiler.is_compiling():  # opaque to the compiler: see packed_linear
-            out = packed_linear(flat, self.packed, self.bias)
+            out = packed_linear(flat, self.handle, self.out_features, self.bias)
         else:
             out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)
 
 
+# Packed weights by handle. A compiled graph gets the handle, an int, not the oneDNN tensor:
+# torch.compile's tracing of those opaque tensors corrupted memory in the compiled call.
+_PACKED: dict[int, torch.Tensor] = {}
+_handles = itertools.count()
+
+
 @torch.library.custom_op("quietstar::packed_linear", mutates_args=())
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def packed_linear(
+    x: torch.Tensor, handle: int, out_features: int, bias: torch.Tensor | None
+) -> torch.Tensor:
     """A pre-packed linear as one opaque op for torch.compile: Inductor's own lowering of the
     oneDNN linear expects weights it froze itself, not ours."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, _PACKED[handle], bias, "none", [], "")
 
 
 @packed_linear.register_fake
-def _(x, packed, bias):
-    return x.new_empty(x.shape[0], packed.shape[0])
+def _(x, handle, out_features, bias):
+    return x.new_empty(x.shape[0], out_features)
 
 
 def _linears(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:

@@ -21,6 +21,7 @@ compiler on CPU.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -56,10 +57,27 @@ class _OpaqueAttention:
 Network = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
+def _cache_per_cpu_capability() -> None:
+    """Inductor's on-disk cache, unless the user placed it, in a folder per CPU capability in
+    effect: its keys do not tell a kernel built under ATEN_CPU_CAPABILITY=avx2 from one built for
+    AVX-512, and reusing one under the other gave wrong tokens and heap corruption here."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    placed = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # torch sets its default there too
+    if placed and os.path.abspath(placed) != os.path.abspath(default_cache_dir()):
+        return
+
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    name = f"quietstar-{isa}" + (f"-onednn-{onednn}" if onednn else "")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), name)
+
+
 class CompiledDecode:
     def __init__(self, network: Network, sizes: tuple[int, ...]):
         """`network(ids, positions, attention)` -> (N, d) hidden states; one static graph per
         row count in `sizes`, other steps run `network` eagerly."""
+        _cache_per_cpu_capability()
         self.network, self.sizes = network, frozenset(sizes)
         # one cache entry per size (and per engine, in a process that builds several)
         limit = torch._dynamo.config.recompile_limit
