@@ -11,13 +11,12 @@ the first tree's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.compare_trees import run_alternated
+from benchmarks.compare_trees import run_alternated, tree_parser
 
 PROBE = r"""
 import json, statistics, sys, time
@@ -68,14 +67,11 @@ print(json.dumps({
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_prefill", description=__doc__)
-    p.add_argument("trees", nargs="+", help="source trees (repository roots), first the baseline")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p = tree_parser(
+        "python -m benchmarks.compare_prefill", __doc__, "runs/bench/compare_prefill.json"
+    )
     p.add_argument("--requests", type=int, default=8, help="simultaneous requests")
     p.add_argument("--steps", type=int, default=5, help="timed first steps per run (median)")
-    p.add_argument("--repeats", type=int, default=3, help="alternated runs per tree")
-    p.add_argument("--out", default="runs/bench/compare_prefill.json", help="JSON output path")
     a = p.parse_args(argv)
     args = [a.dtype, a.threads, a.requests, a.steps]
     runs = run_alternated(a.trees, PROBE, args, a.repeats)

@@ -85,16 +85,22 @@ def run_alternated(trees: list[str], probe: str, args: list, repeats: int) -> di
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_trees", description=__doc__)
+def tree_parser(prog: str, description: str | None, out: str) -> argparse.ArgumentParser:
+    """The flags every tree comparison has: trees, dtype, threads, repeats, output path."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("trees", nargs="+", help="source trees (repository roots), first the baseline")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--repeats", type=int, default=3, help="alternated runs per tree (median)")
+    p.add_argument("--out", default=out, help="JSON output path")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = tree_parser("python -m benchmarks.compare_trees", __doc__, "runs/bench/compare_trees.json")
     p.add_argument("--tokens", type=int, default=48, help="visible tokens, thoughts off")
     p.add_argument("--think-tokens", type=int, default=8, help="visible tokens, thoughts on")
     p.add_argument("--thought-tokens", type=int, default=8, help="L")
-    p.add_argument("--repeats", type=int, default=3, help="alternated runs per tree (median)")
-    p.add_argument("--out", default="runs/bench/compare_trees.json", help="JSON output path")
     a = p.parse_args(argv)
     args = [a.dtype, a.threads, a.tokens, a.think_tokens, a.thought_tokens]
     runs = run_alternated(a.trees, PROBE, args, a.repeats)
