@@ -83,6 +83,7 @@ class DecodeAttention:
             torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
         )
         self.thinks = batch.thought_len > 0  # (num_slots,)
+        self.biases: dict[str, torch.Tensor] = {}  # additive masks, built once per step
         if batch.max_thought:
             self.joint_mask = torch.cat((self.prefix_mask, self.thought_mask), dim=1)
 
@@ -116,7 +117,7 @@ class DecodeAttention:
         Kp = self.cache.k[layer, :n, :, : b.max_prefix]  # (n, KVH, P, D): a view
         Vp = self.cache.v[layer, :n, :, : b.max_prefix]
         qp = qd.permute(0, 2, 1, 3, 4).reshape(n, kvh, R * g, D)
-        out, lse = sdpa_lse(qp, Kp, Vp, self._bias(self.prefix_mask, q.dtype))
+        out, lse = sdpa_lse(qp, Kp, Vp, self._bias("prefix", q.dtype))
         out = out.view(n, kvh, R, g, D)
         if b.max_thought and R > B:
             merged = self._add_thoughts(
@@ -126,10 +127,16 @@ class DecodeAttention:
         out = out.permute(0, 2, 1, 3, 4).reshape(n * R, H, D)
         return (out if packed else out[b.dense_index])[None]
 
-    def _bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(rows, keys) bool -> (rows, 1, 1, keys) additive mask in the query dtype."""
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, float("-inf"))[:, None, None, :]
+    def _bias(self, which: str, dtype: torch.dtype, repeats: int = 1) -> torch.Tensor:
+        """The prefix or thought mask (rows, keys) as an additive (rows * repeats, 1, 1, keys)
+        mask in the query dtype; the same for every layer of the step, so made once."""
+        bias = self.biases.get(which)
+        if bias is None:
+            mask = self.prefix_mask if which == "prefix" else self.thought_mask
+            zero = torch.zeros((), dtype=dtype, device=mask.device)
+            bias = torch.where(mask, zero, float("-inf"))[:, None, None, :]
+            self.biases[which] = bias = bias.repeat_interleave(repeats, dim=0)
+        return bias
 
     def _add_thoughts(self, layer: int, qt, out_p, lse_p):
         """Thought rows also see their own branch: attend it separately and merge with the prefix
@@ -140,7 +147,7 @@ class DecodeAttention:
         T = b.max_thought
         Kt = self.cache.tk[layer, :n, :C, :, :T].reshape(n * C, kvh, T, D)
         Vt = self.cache.tv[layer, :n, :C, :, :T].reshape(n * C, kvh, T, D)
-        bias = self._bias(self.thought_mask, qt.dtype).repeat_interleave(C, dim=0)
+        bias = self._bias("thought", qt.dtype, repeats=C)  # C is the same in every layer
         out_t, lse_t = sdpa_lse(qt.reshape(n * C, kvh, g, D), Kt, Vt, bias)
         out_t = out_t.view(n, C, kvh, g, D).transpose(1, 2)
         # a slot that is not thinking has no thought keys: its rows keep the prefix part only
