@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from quietstar.dtypes import DTYPE_CHOICES, cpu_flags, probe_cpu, resolve_dtype
+from server.engine.config import COMPILE
 
 from . import quant_throughput
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        choices=["off", "on"],
+        choices=COMPILE,
         default="off",
         help="torch.compile the engine's decode network, as `quietstar serve --compile`",
     )

@@ -14,8 +14,8 @@ every step of its size:
 - pre-packed linears (`quietstar::packed_linear`, in quietstar.packed).
 
 Compiling happens at engine start (a warm-up step of padding rows, which write only the cache's
-scratch slot, per size), so no request waits for it; Inductor caches what it builds, so later starts are faster. Needs a C++
-compiler on CPU.
+scratch slot, per size), so no request waits for it; Inductor caches what it builds, so later
+starts are faster. Needs a C++ compiler on CPU.
 """
 
 from __future__ import annotations

@@ -196,15 +196,18 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> DecodeOutput:
         padded = bucket_for(len(seqs), self.buckets) if self.pad else None
-        inp = prepare_decode(seqs, self.cache, padded)  # built on the host
-        if self.device.type != "cpu":
-            inp = inp.to(self.device)
+        inp = self._inputs(seqs, padded)
         if self.graphs is not None:
             h = self.graphs.run(inp.ids, inp.positions, inp.batch)
         else:
             h = self._forward(inp.ids, inp.positions, inp.batch)
         self.cache.record(*inp.lengths)
         return DecodeOutput(h if inp.real_rows is None else h[inp.real_rows], inp.spans)
+
+    def _inputs(self, seqs: list[Sequence], padded_slots: int | None) -> DecodeInput:
+        """`prepare_decode` on the host, then moved to the model's device."""
+        inp = prepare_decode(seqs, self.cache, padded_slots)
+        return inp if self.device.type == "cpu" else inp.to(self.device)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, batch: DecodeBatch):
         """(N,) ids and positions -> (N, d) hidden states; no host synchronisation, so that it
@@ -223,7 +226,5 @@ class ModelRunner:
     def _padding_step(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, DecodeAttention]:
         """A step of `num_slots` padding rows (they write only the scratch slot): for warming
         up."""
-        inp = prepare_decode([], self.cache, padded_slots=num_slots)
-        if self.device.type != "cpu":
-            inp = inp.to(self.device)
+        inp = self._inputs([], num_slots)
         return inp.ids, inp.positions, DecodeAttention(self.cache, inp.batch)
