@@ -21,3 +21,10 @@ def device_for_tests() -> str:
     """QUIETSTAR_TEST_DEVICE: torch device the tiny-model tests run on (default cpu;
     `benchmarks/gpu_check.sh` sets cuda)."""
     return os.environ.get("QUIETSTAR_TEST_DEVICE") or "cpu"
+
+
+def cpu_kernels_enabled() -> bool:
+    """QUIETSTAR_CPU_KERNELS: `off` keeps PyTorch's own CPU linears instead of quietstar's decode
+    kernels (quietstar/kernels; default on, for comparisons and for machines without a C++
+    compiler, where they are skipped anyway)."""
+    return os.environ.get("QUIETSTAR_CPU_KERNELS", "on").lower() not in ("off", "0", "false")

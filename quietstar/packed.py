@@ -73,12 +73,16 @@ def _linears(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
 
 
 def pack_linears(module: nn.Module) -> int:
-    """Replace every CPU nn.Linear below `module` in place, when oneDNN can pre-pack the model's
-    dtype on this CPU; returns how many. The decision and any refusal are logged once."""
+    """Replace every CPU nn.Linear below `module` in place by its fastest inference form for the
+    model's dtype on this CPU; returns how many. bf16: quietstar's decode kernels where they build
+    (`quietstar.kernels`), else oneDNN pre-packing where the CPU has native bf16; fp32: oneDNN
+    pre-packing. The decision and any refusal are logged once."""
     linears = [(m, n, lin) for m, n, lin in _linears(module) if lin.weight.device.type == "cpu"]
     if not linears:
         return 0
     dtype = linears[0][2].weight.dtype
+    if dtype == torch.bfloat16 and _use_rows_kernel(linears):
+        return len(linears)
     ok, why = can_prepack(dtype)
     if ok:
         try:
@@ -92,3 +96,15 @@ def pack_linears(module: nn.Module) -> int:
         setattr(parent, name, layer)
     log.info("pre-packed %d linear weights for oneDNN (%s)", len(packed), why)
     return len(packed)
+
+
+def _use_rows_kernel(linears) -> bool:
+    from .kernels import cpu_ops
+    from .kernels.linear import Bf16RowsLinear, kernel_fits
+
+    if cpu_ops() is None or not all(kernel_fits(lin) for _, _, lin in linears):
+        return False
+    for parent, name, lin in linears:
+        setattr(parent, name, Bf16RowsLinear(lin))
+    log.info("%d bf16 linears decode through quietstar's CPU kernel", len(linears))
+    return True

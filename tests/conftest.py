@@ -42,6 +42,11 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Converted models (the default one) go to a git-ignored cache reused by later test runs.
     os.environ.setdefault("QUIETSTAR_HOME", str(ROOT / ".cache" / "quietstar-test"))
+    # Build quietstar's CPU kernels once, up front (they are cached under QUIETSTAR_HOME), so
+    # that servers started by the tests load them instead of racing to build them.
+    from quietstar.kernels import cpu_ops
+
+    cpu_ops()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -72,6 +72,8 @@ class DecodeBatch:
     thought_steps: torch.Tensor  # (Nt,) thought KV position each writes
     prefix_len: torch.Tensor  # (num_slots,) prefix length after this step's writes
     thought_len: torch.Tensor  # (num_slots,) thought length after this step's writes (0: none)
+    all_base: bool = False  # every row is a base row, in row order (base_rows == arange(N))
+    full_prefix: bool = False  # every slot's prefix is max_prefix long (no prefix mask needed)
 
 
 class DecodeAttention:
@@ -86,15 +88,32 @@ class DecodeAttention:
         self.biases: dict[str, torch.Tensor] = {}  # additive masks, built once per step
         if batch.max_thought:
             self.joint_mask = torch.cat((self.prefix_mask, self.thought_mask), dim=1)
+        # Where each row's K/V goes, as row indices into the caches flattened to (-1, D): one
+        # index_copy_ per cache and layer instead of a four-index scatter.
+        _, kvh, max_len, _ = cache.k.shape[1:]
+        heads = torch.arange(kvh, device=dev)
+        self.base_dest = (
+            (batch.base_slots[:, None] * kvh + heads) * max_len + batch.base_pos[:, None]
+        ).flatten()
+        max_k, t_len = cache.tk.shape[2], cache.tk.shape[4]
+        self.thought_dest = (
+            ((batch.thought_slots[:, None] * max_k + batch.thought_index[:, None]) * kvh + heads)
+            * t_len
+            + batch.thought_steps[:, None]
+        ).flatten()
 
     def _write(self, layer: int, k, v) -> None:
         b, c = self.b, self.cache
+        D = k.shape[-1]
         if len(b.base_rows):
-            c.k[layer][b.base_slots, :, b.base_pos] = k[b.base_rows]
-            c.v[layer][b.base_slots, :, b.base_pos] = v[b.base_rows]
+            rows = k if b.all_base else k[b.base_rows]
+            c.k[layer].view(-1, D).index_copy_(0, self.base_dest, rows.reshape(-1, D))
+            rows = v if b.all_base else v[b.base_rows]
+            c.v[layer].view(-1, D).index_copy_(0, self.base_dest, rows.reshape(-1, D))
         if len(b.thought_rows):
-            c.tk[layer][b.thought_slots, b.thought_index, :, b.thought_steps] = k[b.thought_rows]
-            c.tv[layer][b.thought_slots, b.thought_index, :, b.thought_steps] = v[b.thought_rows]
+            k_rows, v_rows = k[b.thought_rows].reshape(-1, D), v[b.thought_rows].reshape(-1, D)
+            c.tk[layer].view(-1, D).index_copy_(0, self.thought_dest, k_rows)
+            c.tv[layer].view(-1, D).index_copy_(0, self.thought_dest, v_rows)
 
     def attend(self, layer: int, q, k, v):
         b = self.b
@@ -128,11 +147,13 @@ class DecodeAttention:
         return (out if packed else out[b.dense_index])[None]
 
     def _bias(self, which: str, dtype: torch.dtype, repeats: int = 1) -> torch.Tensor:
-        """The prefix or thought mask (rows, keys) as an additive (rows * repeats, 1, 1, keys)
-        mask in the query dtype; the same for every layer of the step, so made once."""
+        """The prefix, thought or joint (prefix then thought) mask (rows, keys) as an additive
+        (rows * repeats, 1, 1, keys) mask in the query dtype; the same for every layer of the
+        step, so made once."""
         bias = self.biases.get(which)
         if bias is None:
-            mask = self.prefix_mask if which == "prefix" else self.thought_mask
+            mask = {"prefix": self.prefix_mask, "thought": self.thought_mask}.get(which)
+            mask = self.joint_mask if mask is None else mask
             zero = torch.zeros((), dtype=dtype, device=mask.device)
             bias = torch.where(mask, zero, float("-inf"))[:, None, None, :]
             self.biases[which] = bias = bias.repeat_interleave(repeats, dim=0)
@@ -164,20 +185,19 @@ class DecodeAttention:
         b = self.b
         keys = self.cache.k[layer, : b.num_slots, :, : b.max_prefix]  # (n, KVH, P, D): a view
         values = self.cache.v[layer, : b.num_slots, :, : b.max_prefix]
-        mask = self.prefix_mask
+        # every slot reads its whole prefix when all have the same length: no mask at all
+        bias = None if b.full_prefix else self._bias("prefix", q.dtype)
         if b.max_thought:
             T = b.max_thought
             keys = torch.cat((keys, self.cache.tk[layer, : b.num_slots, 0, :, :T]), dim=2)
             values = torch.cat((values, self.cache.tv[layer, : b.num_slots, 0, :, :T]), dim=2)
-            mask = self.joint_mask
+            bias = self._bias("joint", q.dtype)
         # A slot's G query heads per key/value head are G query rows of one SDPA call (every row
         # sees the same keys, so no GQA expansion and no causal mask). Its fused kernel keeps one
         # cost for every prefix length, where bf16 matmuls paid a oneDNN set-up for each new
         # length, i.e. on every step (benchmarks/RESULTS.md, "Decode attention").
         n, kvh, _, D = keys.shape
-        out = F.scaled_dot_product_attention(
-            q.view(n, kvh, -1, D), keys, values, attn_mask=mask[:, None, None, :]
-        )
+        out = F.scaled_dot_product_attention(q.view(n, kvh, -1, D), keys, values, attn_mask=bias)
         return out.view(1, n, -1, D)  # (1, n, H, D)
 
 

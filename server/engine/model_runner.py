@@ -138,6 +138,8 @@ def prepare_decode(
         thought_steps=cache_index[thought_rows],
         prefix_len=torch.tensor(prefix_len),
         thought_len=torch.tensor(thought_len),
+        all_base=len(base_rows) == len(rows),
+        full_prefix=all(p == max_prefix for p in prefix_len),
     )
     return DecodeInput(ids, positions, batch, real_rows, spans, lengths)
 

@@ -26,6 +26,18 @@ def _logits(model, ids):
         return model.logits(model.hidden(ids, positions, DenseCausalAttention()))
 
 
+@pytest.fixture(autouse=True)
+def pytorch_kernels_only(monkeypatch):
+    """These tests are about oneDNN packing: bf16 models would otherwise take quietstar's own
+    decode kernels (tested in tests/quietstar/test_cpu_kernels.py)."""
+    from quietstar import kernels
+
+    monkeypatch.setenv("QUIETSTAR_CPU_KERNELS", "off")
+    kernels.cpu_ops.cache_clear()
+    yield
+    kernels.cpu_ops.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fused_and_packed_matches_plain(tmp_path, dtype):
     ok, why = can_prepack(dtype)

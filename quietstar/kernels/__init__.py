@@ -1,0 +1,94 @@
+"""quietstar's own CPU kernels (`cpu_linear.cpp`), compiled for this machine on first use.
+
+At one to a few rows, a linear layer is bound by reading its weight, and PyTorch's kernels for
+that case (oneDNN's bf16 GEMM, `aten._weight_int8pack_mm`) reached about half of the memory
+bandwidth this machine class has (benchmarks/RESULTS.md, "Decode linears"). These kernels stream
+each weight row once for every activation row and prefetch ahead.
+
+They are built with PyTorch's extension builder (g++ and ninja) for the instruction set PyTorch
+itself runs (`torch.backends.cpu.get_cpu_capability()`, which honours ATEN_CPU_CAPABILITY: AVX-512,
+AVX2, or a portable scalar build elsewhere), into $QUIETSTAR_HOME/kernels/, once per capability
+and torch version (about 15 s; later processes load the built library). Where they cannot be
+built, or with QUIETSTAR_CPU_KERNELS=off, `cpu_ops()` returns None, says why once, and the model
+keeps PyTorch's kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..env import cpu_kernels_enabled, quietstar_home
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_linear.cpp")
+FLAGS = {  # PyTorch's CPU capability -> the instruction sets the kernels may use
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+}
+
+
+def capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def build_name(cap: str | None = None) -> str:
+    cap = cap or capability()
+    torch_version = re.sub(r"[^0-9A-Za-z]", "_", torch.__version__)
+    return f"quietstar_cpu_{cap.lower()}_torch{torch_version}"
+
+
+@functools.cache
+def cpu_ops():
+    """torch.ops.quietstar_cpu (linear_bf16, linear_int8) built for this CPU, or
+    None (logged once with the reason) when they are switched off or cannot be built."""
+    if not cpu_kernels_enabled():
+        log.info("quietstar CPU kernels off (QUIETSTAR_CPU_KERNELS=off): PyTorch's kernels only")
+        return None
+    from torch.utils import cpp_extension
+
+    cap = capability()
+    name = build_name(cap)
+    build_dir = quietstar_home() / "kernels" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        log.info("building quietstar CPU kernels for %s into %s (once, ~15 s)", cap, build_dir)
+    try:
+        cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-fopenmp", *FLAGS.get(cap, [])],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=os.environ.get("QUIETSTAR_KERNELS_VERBOSE") == "1",
+        )
+    except (RuntimeError, OSError, ImportError) as e:  # no compiler, ninja or headers
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning(
+            "quietstar CPU kernels could not be built (%s); decoding uses PyTorch's kernels, "
+            "which are slower at a few rows. Install a C++ compiler (g++) to get them.",
+            first_line,
+        )
+        return None
+    _register_fakes()
+    log.info("quietstar CPU kernels loaded (%s build)", cap)
+    return torch.ops.quietstar_cpu
+
+
+def _register_fakes() -> None:
+    """Shapes for torch.compile: each op returns x's leading shape with N features."""
+
+    def out(x, n):
+        return x.new_empty(*x.shape[:-1], n)
+
+    torch.library.register_fake("quietstar_cpu::linear_bf16")(lambda x, w, bias: out(x, w.shape[0]))
+    torch.library.register_fake("quietstar_cpu::linear_int8")(
+        lambda x, w, scales, bias: out(x, w.shape[0])
+    )

@@ -1,0 +1,227 @@
+// Linears for the few rows of a decode step on CPU, weights stored bf16 or int8.
+//
+// At one to a few rows a linear layer is bound by the bytes of its weight, and a decode step
+// reads every weight of the model once. These kernels stream each weight row once, widen it to
+// fp32 once for up to four activation rows, accumulate in fp32 and prefetch the rows ahead. They
+// use AVX-512 or AVX2 intrinsics when built for them (quietstar/kernels/__init__.py picks the
+// instruction set from PyTorch's own CPU capability) and a scalar loop elsewhere, threaded over
+// output channels with PyTorch's intra-op pool.
+//
+// Every row's result is computed the same way whatever the number of rows (batch-invariant):
+// accumulation order depends only on K, never on M or on the thread count.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// ---------------------------------------------------------------- vectors of fp32 lanes
+// One register of fp32 lanes on the instruction set this file is built for, and the loads that
+// widen stored weights into it. Without AVX2 the "register" is one float (correct, slow).
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+using Reg = __m512;
+inline Reg zero() { return _mm512_setzero_ps(); }
+inline Reg load(const float* p) { return _mm512_loadu_ps(p); }
+inline Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+inline float sum(Reg a) { return _mm512_reduce_add_ps(a); }
+inline Reg widen(const uint16_t* p) {  // bf16 bits -> fp32: the same bits, 16 higher
+  __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+inline Reg widen(const int8_t* p) {
+  __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kLanes = 8;
+using Reg = __m256;
+inline Reg zero() { return _mm256_setzero_ps(); }
+inline Reg load(const float* p) { return _mm256_loadu_ps(p); }
+inline Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+inline float sum(Reg a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline Reg widen(const uint16_t* p) {
+  __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+inline Reg widen(const int8_t* p) {
+  __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+#else
+constexpr int kLanes = 1;
+using Reg = float;
+inline Reg zero() { return 0.0f; }
+inline Reg load(const float* p) { return *p; }
+inline Reg fma(Reg a, Reg b, Reg c) { return a * b + c; }
+inline float sum(Reg a) { return a; }
+inline Reg widen(const uint16_t* p) {
+  uint32_t u = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline Reg widen(const int8_t* p) { return static_cast<float>(*p); }
+#endif
+
+// Prefetch the same columns kAhead blocks of output channels ahead: each thread walks its weight
+// rows in order, and a decode step reads them from DRAM.
+constexpr int64_t kAhead = 8;
+template <typename T>
+inline void prefetch(const T* p) {
+  __builtin_prefetch(p, 0, 0);
+}
+
+constexpr int kBlockN = 4;  // output channels per block: independent FMA chains, one weight
+constexpr int kBlockM = 4;  // activation rows per tile: each widened weight serves them all
+
+// sums[i * kBlockN + j] = sum over k in [0, K) of x[i, k] * W_j[k] for MB rows of x starting at
+// `x` and the kBlockN weight rows `rows` (T: bf16 bits or int8). MB is a compile-time constant so
+// that every accumulator stays in a register.
+template <int MB, typename T>
+inline void dot_tile(const T* const* rows, const float* x, int64_t K, float* sums) {
+  Reg acc[MB][kBlockN];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < kBlockN; ++j) acc[i][j] = zero();
+  for (int64_t k = 0; k < K; k += kLanes) {
+    Reg w[kBlockN];
+    for (int j = 0; j < kBlockN; ++j) {
+      prefetch(rows[j] + kAhead * K + k);
+      w[j] = widen(rows[j] + k);
+    }
+    for (int i = 0; i < MB; ++i) {
+      const Reg xv = load(x + i * K + k);
+      for (int j = 0; j < kBlockN; ++j) acc[i][j] = fma(xv, w[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < kBlockN; ++j) sums[i * kBlockN + j] = sum(acc[i][j]);
+}
+
+// Every row of x (M of them) in tiles of up to kBlockM rows: tile(rows, m0), where `rows` is a
+// std::integral_constant so that the tile size reaches the kernels as a template argument.
+template <typename Tile>
+inline void for_row_tiles(int64_t M, Tile tile) {
+  int64_t m0 = 0;
+  for (; m0 + kBlockM <= M; m0 += kBlockM) tile(std::integral_constant<int, kBlockM>{}, m0);
+  switch (M - m0) {
+    case 3: tile(std::integral_constant<int, 3>{}, m0); break;
+    case 2: tile(std::integral_constant<int, 2>{}, m0); break;
+    case 1: tile(std::integral_constant<int, 1>{}, m0); break;
+    default: break;
+  }
+}
+
+at::Tensor as_float_rows(const at::Tensor& x, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu(), "quietstar_cpu linears take CPU tensors");
+  TORCH_CHECK(x.size(-1) == K, "activation has ", x.size(-1), " features, the weight ", K);
+  return x.reshape({-1, K}).to(at::kFloat).contiguous();
+}
+
+void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype && w.dim() == 2 &&
+                  w.is_contiguous(),
+              op, " needs a contiguous 2-D CPU ", c10::toString(dtype), " weight, got ",
+              c10::toString(w.scalar_type()), " of shape ", w.sizes());
+}
+
+// Runs `block(n0, sums)` for each block of kBlockN output channels, in parallel over blocks,
+// and returns out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j] in x's dtype. When N is not
+// a multiple of kBlockN, the last block repeats row N - 1 (see `block_rows`) and drops it.
+template <typename Block>
+at::Tensor run_blocks(const at::Tensor& x, int64_t M, int64_t N,
+                      const c10::optional<at::Tensor>& bias, Block block) {
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  float* yp = y.data_ptr<float>();
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
+    b = bias->to(at::kFloat).contiguous();
+  }
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  at::parallel_for(0, (N + kBlockN - 1) / kBlockN, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> sums(M * kBlockN);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n0 = i * kBlockN;
+      const int valid = static_cast<int>(std::min<int64_t>(kBlockN, N - n0));
+      block(n0, sums.data());
+      for (int64_t m = 0; m < M; ++m)
+        for (int j = 0; j < valid; ++j)
+          yp[m * N + n0 + j] = sums[m * kBlockN + j] + (bp ? bp[n0 + j] : 0.0f);
+    }
+  });
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return y.to(x.scalar_type()).view(shape);
+}
+
+// Row n0 + j of a weight with N rows of `stride` elements, the last row standing in past the end.
+template <typename T>
+inline const T* block_row(const T* w, int64_t n0, int j, int64_t N, int64_t stride) {
+  return w + std::min<int64_t>(n0 + j, N - 1) * stride;
+}
+
+template <typename T>
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const T* wp, const float* scales,
+                       const c10::optional<at::Tensor>& bias) {
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(K % 16 == 0, "input features ", K, " not a multiple of 16");
+  const at::Tensor xf = as_float_rows(x, K);
+  const float* xp = xf.data_ptr<float>();
+  const int64_t M = xf.size(0);
+  return run_blocks(x, M, N, bias, [&](int64_t n0, float* sums) {
+    const T* rows[kBlockN];
+    for (int j = 0; j < kBlockN; ++j) rows[j] = block_row(wp, n0, j, N, K);
+    for_row_tiles(M, [&](auto mb, int64_t m0) {
+      dot_tile<decltype(mb)::value>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
+    });
+    if (scales)
+      for (int64_t m = 0; m < M; ++m)
+        for (int j = 0; j < kBlockN; ++j)
+          sums[m * kBlockN + j] *= scales[std::min<int64_t>(n0 + j, N - 1)];
+  });
+}
+
+at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
+                       const c10::optional<at::Tensor>& bias) {
+  check_weight(w, at::kBFloat16, "linear_bf16");
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  return linear_rows(x, w, wp, nullptr, bias);
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
+                       const c10::optional<at::Tensor>& bias) {
+  check_weight(q, at::kChar, "linear_int8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  scales.numel() == q.size(0),
+              "linear_int8 needs one contiguous fp32 scale per output channel");
+  return linear_rows(x, q, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(quietstar_cpu, m) {
+  m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
+  m.impl("linear_bf16", &linear_bf16);
+  m.impl("linear_int8", &linear_int8);
+}

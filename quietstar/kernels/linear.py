@@ -1,0 +1,38 @@
+"""bf16 linear layers that decode through quietstar's CPU kernel (see `quietstar.kernels`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Up to this many rows the kernel is faster than oneDNN's bf16 GEMM, pre-packed or not; beyond,
+# it is slower (benchmarks/RESULTS.md, "Decode linears"), so larger calls (prefill, scoring,
+# wide thought batches) take F.linear on the same weight.
+KERNEL_MAX_ROWS = 8
+
+
+class Bf16RowsLinear(nn.Module):
+    """Inference-only bf16 linear: `KERNEL_MAX_ROWS` rows or fewer through
+    `quietstar_cpu::linear_bf16`, more through F.linear. The weight stays plain (no second,
+    pre-packed copy), so a tied LM head still shares the embedding's memory."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.out_features, self.in_features = linear.weight.shape
+        self.register_buffer("weight", linear.weight.detach().contiguous(), persistent=False)
+        bias = None if linear.bias is None else linear.bias.detach()
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] <= KERNEL_MAX_ROWS:
+            out = torch.ops.quietstar_cpu.linear_bf16(flat, self.weight, self.bias)
+        else:
+            out = F.linear(flat, self.weight, self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def kernel_fits(linear: nn.Linear) -> bool:
+    """The kernel's shape rule: input features a multiple of 16."""
+    return linear.weight.shape[1] % 16 == 0

@@ -1,0 +1,171 @@
+"""quietstar's CPU decode kernels (quietstar/kernels) against float64 references: every row count
+through the tile remainders, output counts that are not a multiple of the channel block, bias,
+bf16 and fp32 activations; a row's result must not depend on the other rows (bitwise), and bad
+input must raise an error naming the problem. Whichever build this CPU gets is the one tested
+(AVX-512, AVX2 under ATEN_CPU_CAPABILITY=avx2, or the scalar one)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quietstar
+from quietstar import kernels
+from quietstar.kernels.linear import KERNEL_MAX_ROWS, Bf16RowsLinear
+from quietstar.packed import PackedLinear
+from quietstar.quant import Int8Linear, quantize_int8
+from tests.engine.engine_support import make_hf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ops():
+    built = kernels.cpu_ops()
+    if built is None:
+        pytest.skip("quietstar CPU kernels not built here (no compiler, or switched off)")
+    return built
+
+
+def _reference(x, w, bias=None):
+    out = x.double() @ w.double().T
+    return out if bias is None else out + bias.double()
+
+
+def _fp32_bound(x, w):
+    """A bound on fp32 accumulation error of x @ w^T per output: K * eps * sum |x| |w|."""
+    return x.shape[-1] * 2**-23 * (x.double().abs() @ w.double().abs().T) + 1e-6
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9])
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
+def test_bf16_weights_match_float64(ops, rows, act):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(50, 96, generator=g).bfloat16()  # 50 outputs: a partial channel block
+    bias = torch.randn(50, generator=g)
+    x = torch.randn(rows, 96, generator=g).to(act)
+    got = ops.linear_bf16(x, w, bias)
+    assert got.dtype == act and got.shape == (rows, 50)
+    want = _reference(x, w, bias)
+    bound = _fp32_bound(x, w) + (want.abs() * 2**-8 if act == torch.bfloat16 else 0)
+    assert ((got.double() - want).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("rows", [1, 4, 6])
+def test_int8_weights_match_dequantised_float64(ops, rows):
+    g = torch.Generator().manual_seed(10 + rows)
+    w = torch.randn(36, 64, generator=g)
+    q, scales = quantize_int8(w)
+    x = torch.randn(2, rows, 64, generator=g)  # leading dimensions are kept
+    got = ops.linear_int8(x, q, scales, None)
+    assert got.shape == (2, rows, 36)
+    want = _reference(x, q.float()) * scales.double()
+    bound = _fp32_bound(x.reshape(-1, 64), q.float()).view(2, rows, 36) * scales.double()
+    assert ((got.double() - want).abs() <= bound * 2).all()
+
+
+def test_a_row_does_not_depend_on_the_other_rows(ops):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(40, 128, generator=g).bfloat16()
+    x = torch.randn(7, 128, generator=g).bfloat16()
+    q, scales = quantize_int8(w.float())
+    together = ops.linear_bf16(x, w, None), ops.linear_int8(x, q, scales, None)
+    for i in range(7):
+        alone = (
+            ops.linear_bf16(x[i : i + 1], w, None),
+            ops.linear_int8(x[i : i + 1], q, scales, None),
+        )
+        assert torch.equal(alone[0][0], together[0][i])
+        assert torch.equal(alone[1][0], together[1][i])
+
+
+def test_bad_input_is_named(ops):
+    w = torch.randn(8, 32).bfloat16()
+    with pytest.raises(RuntimeError, match="needs a contiguous 2-D CPU BFloat16 weight"):
+        ops.linear_bf16(torch.randn(1, 32), w.float(), None)
+    with pytest.raises(RuntimeError, match="activation has 31 features"):
+        ops.linear_bf16(torch.randn(1, 31), w, None)
+    with pytest.raises(RuntimeError, match="not a multiple of 16"):
+        ops.linear_bf16(torch.randn(1, 24), torch.randn(8, 24).bfloat16(), None)
+    with pytest.raises(RuntimeError, match="one contiguous fp32 scale per output"):
+        ops.linear_int8(
+            torch.randn(1, 32), torch.zeros(8, 32, dtype=torch.int8), torch.ones(7), None
+        )
+    with pytest.raises(RuntimeError, match="bias has 3 values for 8 outputs"):
+        ops.linear_bf16(torch.randn(1, 32), w, torch.zeros(3))
+
+
+def test_rows_linear_switches_to_f_linear_above_its_row_limit(ops):
+    g = torch.Generator().manual_seed(5)
+    lin = torch.nn.Linear(64, 20, dtype=torch.bfloat16)
+    layer = Bf16RowsLinear(lin)
+    assert layer.weight.data_ptr() == lin.weight.data_ptr()  # no copy of the weight
+    few = torch.randn(KERNEL_MAX_ROWS, 64, generator=g).bfloat16()
+    many = torch.randn(KERNEL_MAX_ROWS + 1, 64, generator=g).bfloat16()
+    assert torch.equal(layer(few), ops.linear_bf16(few, lin.weight, lin.bias))
+    assert torch.equal(layer(many), F.linear(many, lin.weight, lin.bias))
+
+
+def test_compiled_graph_calls_the_kernels(ops):
+    lin = torch.nn.Linear(64, 24, dtype=torch.bfloat16)
+    layer = Bf16RowsLinear(lin)
+    int8 = Int8Linear(lin.weight.detach().float(), None, torch.bfloat16)
+    assert int8.use_kernel
+    x = torch.randn(1, 64).bfloat16()
+    compiled = torch.compile(lambda t: int8(layer(t).repeat(1, 3)[:, :64]), fullgraph=True)
+    assert torch.equal(compiled(x), int8(layer(x).repeat(1, 3)[:, :64]))
+
+
+def _logits(model, ids):
+    from quietstar.llama import DenseCausalAttention
+
+    positions = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+    with torch.inference_mode():
+        return model.logits(model.hidden(ids, positions, DenseCausalAttention()))
+
+
+def test_bf16_model_decodes_through_the_kernel_and_matches_plain(ops, tmp_path):
+    path = make_hf_checkpoint(tmp_path / "tiny", "qwen2")  # biases on q/k/v, tied head
+    plain = quietstar.load(path, dtype=torch.bfloat16)
+    fast = quietstar.load(path, dtype=torch.bfloat16)
+    fast.backbone.fuse_for_inference()
+    rows = [m for m in fast.modules() if isinstance(m, Bf16RowsLinear)]
+    assert len(rows) == 4 * fast.backbone.num_layers + 1
+    assert not any(isinstance(m, PackedLinear) for m in fast.modules())
+    for n in (1, 3):  # one row per sequence (the kernel), then n * 11 > 8 rows (F.linear)
+        ids = torch.randint(0, 250, (n, 1 if n == 1 else 11))
+        a, b = _logits(fast, ids), _logits(plain, ids)
+        finite = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), finite)
+        assert (a[finite] - b[finite]).abs().max() < 0.05  # bf16 rounding of tiny logits
+
+
+def test_switched_off_keeps_pytorch_kernels_and_says_so(monkeypatch, caplog):
+    monkeypatch.setenv("QUIETSTAR_CPU_KERNELS", "off")
+    kernels.cpu_ops.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="quietstar.kernels"):
+            assert kernels.cpu_ops() is None
+        assert any("QUIETSTAR_CPU_KERNELS=off" in r.getMessage() for r in caplog.records)
+        assert not Int8Linear(torch.randn(8, 32), None, torch.bfloat16).use_kernel
+    finally:
+        kernels.cpu_ops.cache_clear()
+
+
+def test_a_build_failure_is_logged_and_leaves_pytorch_kernels(monkeypatch, caplog, tmp_path):
+    from torch.utils import cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension: g++: command not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setenv("QUIETSTAR_HOME", str(tmp_path))
+    kernels.cpu_ops.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="quietstar.kernels"):
+            assert kernels.cpu_ops() is None
+        (message,) = [r.getMessage() for r in caplog.records if r.name == "quietstar.kernels"]
+        assert "could not be built" in message and "g++: command not found" in message
+    finally:
+        kernels.cpu_ops.cache_clear()
