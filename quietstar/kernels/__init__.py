@@ -27,7 +27,7 @@ from ..env import cpu_kernels_enabled, quietstar_home
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_linear.cpp")
+SOURCES = [Path(__file__).with_name(f) for f in ("cpu_linear.cpp", "cpu_attention.cpp")]
 FLAGS = {  # PyTorch's CPU capability -> the instruction sets the kernels may use
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
@@ -46,7 +46,7 @@ def build_name(cap: str | None = None) -> str:
 
 @functools.cache
 def cpu_ops():
-    """torch.ops.quietstar_cpu (linear_bf16, linear_int8) built for this CPU, or
+    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, decode_attention) built for this CPU, or
     None (logged once with the reason) when they are switched off or cannot be built."""
     if not cpu_kernels_enabled():
         log.info("quietstar CPU kernels off (QUIETSTAR_CPU_KERNELS=off): PyTorch's kernels only")
@@ -62,7 +62,7 @@ def cpu_ops():
     try:
         cpp_extension.load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(p) for p in SOURCES],
             extra_cflags=["-O3", "-fopenmp", *FLAGS.get(cap, [])],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
@@ -91,4 +91,9 @@ def _register_fakes() -> None:
     torch.library.register_fake("quietstar_cpu::linear_bf16")(lambda x, w, bias: out(x, w.shape[0]))
     torch.library.register_fake("quietstar_cpu::linear_int8")(
         lambda x, w, scales, bias: out(x, w.shape[0])
+    )
+    torch.library.register_fake("quietstar_cpu::decode_attention")(
+        lambda q, k_new, v_new, k1, v1, lengths1, k2, v2, lengths2, slots, positions, second, scale: (
+            torch.empty_like(q)
+        )
     )

@@ -118,8 +118,11 @@ class DecodeAttention:
     def attend(self, layer: int, q, k, v):
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
+        one_row_per_slot = b.R == 1 and len(q) == b.num_slots
+        if one_row_per_slot and _cpu_kernel_fits(q):
+            return self._one_row_per_slot_kernel(layer, q, k, v)  # it writes K/V itself
         self._write(layer, k, v)
-        if b.R == 1 and len(q) == b.num_slots:  # one row per slot: a plain SDPA call
+        if one_row_per_slot:  # a plain SDPA call
             return self._one_row_per_slot(layer, q)
         H, D = q.shape[1:]
         n, R, B, kvh = b.num_slots, b.R, b.base_cols, k.shape[1]
@@ -178,27 +181,66 @@ class DecodeAttention:
         w_p, w_t = (lse_p - lse).exp()[..., None], (lse_t - lse).exp()[..., None]
         return (out_p.float() * w_p + out_t.float() * w_t).to(qt.dtype)
 
+    def _one_row_per_slot_kernel(self, layer: int, q, k, v):
+        """`_one_row_per_slot` and the K/V write in one call of quietstar's CPU kernel: it reads
+        each slot's prefix and thought keys in place, up to the slot's own lengths (no mask, no
+        concatenation)."""
+        b, c = self.b, self.cache
+        n, D = b.num_slots, q.shape[-1]
+        kvh = k.shape[1]
+        thinking = len(b.thought_rows) == n  # else every row is a base row
+        thought = (None,) * 3
+        if b.max_thought:
+            thought = (c.tk[layer][:, 0], c.tv[layer][:, 0], b.thought_len)
+        slots, positions = (
+            (b.thought_slots, b.thought_steps) if thinking else (b.base_slots, b.base_pos)
+        )
+        out = torch.ops.quietstar_cpu.decode_attention(
+            q.view(n, kvh, -1, D),
+            k,
+            v,
+            c.k[layer],
+            c.v[layer],
+            b.prefix_len,
+            *thought,
+            slots,
+            positions,
+            thinking,
+            D**-0.5,
+        )
+        return out.view(1, n, -1, D)
+
     def _one_row_per_slot(self, layer: int, q):
         """Thoughts off (the slot's prefix), or one thought per slot on a thought-only step (its
-        prefix, then its own thought keys; the concatenation copies one prefix per slot, which
-        costs less than the general path's extra kernels)."""
+        prefix, then its own thought keys)."""
         b = self.b
-        keys = self.cache.k[layer, : b.num_slots, :, : b.max_prefix]  # (n, KVH, P, D): a view
-        values = self.cache.v[layer, : b.num_slots, :, : b.max_prefix]
+        n, D = b.num_slots, q.shape[-1]
+        keys = self.cache.k[layer, :n, :, : b.max_prefix]  # (n, KVH, P, D): a view
+        values = self.cache.v[layer, :n, :, : b.max_prefix]
+        kvh = keys.shape[1]
+        T = b.max_thought
         # every slot reads its whole prefix when all have the same length: no mask at all
         bias = None if b.full_prefix else self._bias("prefix", q.dtype)
-        if b.max_thought:
-            T = b.max_thought
-            keys = torch.cat((keys, self.cache.tk[layer, : b.num_slots, 0, :, :T]), dim=2)
-            values = torch.cat((values, self.cache.tv[layer, : b.num_slots, 0, :, :T]), dim=2)
+        if T:  # the concatenation copies one prefix per slot, cheaper than two calls and a merge
+            keys = torch.cat((keys, self.cache.tk[layer, :n, 0, :, :T]), dim=2)
+            values = torch.cat((values, self.cache.tv[layer, :n, 0, :, :T]), dim=2)
             bias = self._bias("joint", q.dtype)
         # A slot's G query heads per key/value head are G query rows of one SDPA call (every row
         # sees the same keys, so no GQA expansion and no causal mask). Its fused kernel keeps one
         # cost for every prefix length, where bf16 matmuls paid a oneDNN set-up for each new
         # length, i.e. on every step (benchmarks/RESULTS.md, "Decode attention").
-        n, kvh, _, D = keys.shape
         out = F.scaled_dot_product_attention(q.view(n, kvh, -1, D), keys, values, attn_mask=bias)
         return out.view(1, n, -1, D)  # (1, n, H, D)
+
+
+def _cpu_kernel_fits(q: torch.Tensor) -> bool:
+    """Whether quietstar's CPU decode attention serves these queries (CPU, fp32 or bf16, head dim
+    a multiple of 16, and the kernels built here)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or q.shape[-1] % 16:
+        return False
+    from quietstar.kernels import cpu_ops
+
+    return cpu_ops() is not None
 
 
 def sdpa_lse(q, k, v, bias):

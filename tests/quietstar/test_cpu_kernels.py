@@ -169,3 +169,76 @@ def test_a_build_failure_is_logged_and_leaves_pytorch_kernels(monkeypatch, caplo
         assert "could not be built" in message and "g++: command not found" in message
     finally:
         kernels.cpu_ops.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("write_second", [False, True], ids=["write-prefix", "write-thought"])
+def test_decode_attention_writes_then_matches_float64_softmax(ops, dtype, write_second):
+    g = torch.Generator().manual_seed(7)
+    n, kvh, G, D, S, T = 3, 2, 3, 32, 40, 6
+    k1, v1 = (torch.randn(5, kvh, S, D, generator=g).to(dtype) for _ in range(2))
+    tk, tv = (torch.randn(5, 2, kvh, T, D, generator=g).to(dtype) for _ in range(2))
+    q = torch.randn(n, kvh, G, D, generator=g).to(dtype)
+    k_new, v_new = (torch.randn(n, kvh, D, generator=g).to(dtype) for _ in range(2))
+    len1, len2 = torch.tensor([1, 17, 40]), torch.tensor([2, 6, 3])
+    slots = torch.tensor([0, 1, 2])
+    positions = len2 - 1 if write_second else len1 - 1
+    k2, v2 = tk[:, 0], tv[:, 0]  # a strided view into the thought cache: written in place
+    out = ops.decode_attention(
+        q, k_new, v_new, k1, v1, len1, k2, v2, len2, slots, positions, write_second, D**-0.5
+    )
+    assert out.dtype == dtype and out.shape == q.shape
+    written_k = tk[:, 0] if write_second else k1
+    for s in range(n):
+        assert torch.equal(written_k[s, :, positions[s]], k_new[s])
+        keys = torch.cat((k1[s, :, : len1[s]], tk[s, 0, :, : len2[s]]), dim=1).double()
+        values = torch.cat((v1[s, :, : len1[s]], tv[s, 0, :, : len2[s]]), dim=1).double()
+        p = torch.softmax(q[s].double() @ keys.transpose(-1, -2) * D**-0.5, dim=-1)
+        want = p @ values
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert (out[s].double() - want).abs().max() < tol
+
+
+def test_decode_attention_one_segment_and_bad_lengths(ops):
+    k = torch.randn(2, 1, 8, 16)
+    v = torch.randn(2, 1, 8, 16)
+    q = torch.randn(2, 1, 1, 16)
+    new = torch.randn(2, 1, 16)
+    idx = torch.tensor([0, 1])
+    out = ops.decode_attention(
+        q,
+        new,
+        new,
+        k,
+        v,
+        torch.tensor([3, 8]),
+        None,
+        None,
+        None,
+        idx,
+        torch.tensor([2, 7]),
+        False,
+        0.25,
+    )
+    want = torch.softmax(q[1, 0] @ k[1, 0].T * 0.25, -1) @ v[1, 0]
+    assert torch.allclose(out[1, 0], want, atol=1e-6)
+    with pytest.raises(RuntimeError, match="first length 9 of slot 1 outside"):
+        ops.decode_attention(
+            q, new, new, k, v, torch.tensor([3, 9]), None, None, None, idx, idx, False, 0.25
+        )
+    with pytest.raises(RuntimeError, match="write of row 1 to slot 1 position 8 outside"):
+        ops.decode_attention(
+            q,
+            new,
+            new,
+            k,
+            v,
+            torch.tensor([3, 8]),
+            None,
+            None,
+            None,
+            idx,
+            torch.tensor([0, 8]),
+            False,
+            0.25,
+        )
