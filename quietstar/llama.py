@@ -236,10 +236,12 @@ class LlamaBackbone(nn.Module):
         return self.norm(x)
 
     def fuse_for_inference(self, prepack: bool = True) -> None:
-        """Fuse q/k/v and gate/up projections in every layer and, on CPU where oneDNN can, pre-pack
-        every linear (fp32 always; bf16 where it is native; `prepack=False` only for measuring
-        what packing buys). The model can no longer be saved or trained afterwards; the engine
-        calls this on the model it owns."""
+        """Fuse q/k/v and gate/up projections in every layer and, on CPU, give every linear its
+        fastest inference form (oneDNN pre-packing for fp32, and for bf16 where it is native;
+        quietstar's decode kernels for bf16 where they build) and the norms quietstar's RMSNorm
+        kernel (`prepack=False`, only for measuring what this buys, does neither). The model can
+        no longer be saved or trained afterwards; the engine calls this on the model it owns."""
+        from .kernels.modules import use_kernel_norms
         from .packed import pack_linears
 
         for layer in self.layers:
@@ -247,6 +249,7 @@ class LlamaBackbone(nn.Module):
             layer.mlp.fuse()
         if prepack:
             pack_linears(self)  # decided once for the model's dtype; a no-op off the CPU
+            use_kernel_norms(self)  # where quietstar's CPU kernels are built
         self.is_fused = True
 
     def hf_state_dict_keys(self) -> dict[str, str]:

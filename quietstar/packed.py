@@ -100,7 +100,7 @@ def pack_linears(module: nn.Module) -> int:
 
 def _use_rows_kernel(linears) -> bool:
     from .kernels import cpu_ops
-    from .kernels.linear import Bf16RowsLinear, kernel_fits
+    from .kernels.modules import Bf16RowsLinear, kernel_fits
 
     if cpu_ops() is None or not all(kernel_fits(lin) for _, _, lin in linears):
         return False

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -74,10 +75,37 @@ inline void for_row_tiles(int64_t M, Tile tile) {
   }
 }
 
-at::Tensor as_float_rows(const at::Tensor& x, int64_t K) {
+// A tensor's values as fp32, without a dispatcher call: fp32 contiguous ones in place, bf16 ones
+// widened into an owned buffer (a decode step's activations are a few rows).
+struct Floats {
+  std::vector<float> owned;
+  const float* data = nullptr;
+
+  explicit Floats(const at::Tensor& t) {
+    if (t.scalar_type() == at::kFloat && t.is_contiguous()) {
+      data = t.data_ptr<float>();
+      return;
+    }
+    const at::Tensor c = t.contiguous();
+    owned.resize(c.numel());
+    if (c.scalar_type() == at::kBFloat16) {
+      const at::BFloat16* p = c.data_ptr<at::BFloat16>();
+      for (size_t i = 0; i < owned.size(); ++i) owned[i] = static_cast<float>(p[i]);
+    } else {
+      const at::Tensor f = c.to(at::kFloat);
+      std::memcpy(owned.data(), f.data_ptr<float>(), owned.size() * sizeof(float));
+    }
+    data = owned.data();
+  }
+};
+
+void check_activation(const at::Tensor& x, int64_t K) {
   TORCH_CHECK(x.device().is_cpu(), "quietstar_cpu linears take CPU tensors");
-  TORCH_CHECK(x.size(-1) == K, "activation has ", x.size(-1), " features, the weight ", K);
-  return x.reshape({-1, K}).to(at::kFloat).contiguous();
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "quietstar_cpu linears take float32 or bfloat16 activations, got ",
+              c10::toString(x.scalar_type()));
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "activation has ", x.dim() ? x.size(-1) : 0,
+              " features, the weight ", K);
 }
 
 void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
@@ -88,19 +116,10 @@ void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
 }
 
 // Runs `block(n0, sums)` for each block of kBlockN output channels, in parallel over blocks,
-// and returns out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j] in x's dtype. When N is not
-// a multiple of kBlockN, the last block repeats row N - 1 (see `block_rows`) and drops it.
-template <typename Block>
-at::Tensor run_blocks(const at::Tensor& x, int64_t M, int64_t N,
-                      const c10::optional<at::Tensor>& bias, Block block) {
-  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  float* yp = y.data_ptr<float>();
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
-    b = bias->to(at::kFloat).contiguous();
-  }
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+// and writes out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j], rounded to Out. When N is
+// not a multiple of kBlockN, the last block repeats row N - 1 (see `block_row`) and drops it.
+template <typename Out, typename Block>
+void run_blocks(Out* out, int64_t M, int64_t N, const float* bias, Block block) {
   at::parallel_for(0, (N + kBlockN - 1) / kBlockN, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> sums(M * kBlockN);
     for (int64_t i = begin; i < end; ++i) {
@@ -109,12 +128,9 @@ at::Tensor run_blocks(const at::Tensor& x, int64_t M, int64_t N,
       block(n0, sums.data());
       for (int64_t m = 0; m < M; ++m)
         for (int j = 0; j < valid; ++j)
-          yp[m * N + n0 + j] = sums[m * kBlockN + j] + (bp ? bp[n0 + j] : 0.0f);
+          out[m * N + n0 + j] = static_cast<Out>(sums[m * kBlockN + j] + (bias ? bias[n0 + j] : 0.0f));
     }
   });
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  return y.to(x.scalar_type()).view(shape);
 }
 
 // Row n0 + j of a weight with N rows of `stride` elements, the last row standing in past the end.
@@ -123,15 +139,24 @@ inline const T* block_row(const T* w, int64_t n0, int j, int64_t N, int64_t stri
   return w + std::min<int64_t>(n0 + j, N - 1) * stride;
 }
 
+// x (..., K) @ W^T (* scales) (+ bias) -> (..., N) in x's dtype, for a weight of N rows of K.
 template <typename T>
-at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const T* wp, const float* scales,
+at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, const float* scales,
                        const c10::optional<at::Tensor>& bias) {
-  const int64_t N = w.size(0), K = w.size(1);
+  check_activation(x, K);
   TORCH_CHECK(K % 16 == 0, "input features ", K, " not a multiple of 16");
-  const at::Tensor xf = as_float_rows(x, K);
-  const float* xp = xf.data_ptr<float>();
-  const int64_t M = xf.size(0);
-  return run_blocks(x, M, N, bias, [&](int64_t n0, float* sums) {
+  const int64_t M = x.numel() / K;
+  const Floats xf(x);
+  const float* xp = xf.data;
+  c10::optional<Floats> bf;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
+    bf.emplace(*bias);
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  at::Tensor y = at::empty(shape, x.options());
+  auto block = [&](int64_t n0, float* sums) {
     const T* rows[kBlockN];
     for (int j = 0; j < kBlockN; ++j) rows[j] = block_row(wp, n0, j, N, K);
     for_row_tiles(M, [&](auto mb, int64_t m0) {
@@ -141,14 +166,20 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const T* wp, co
       for (int64_t m = 0; m < M; ++m)
         for (int j = 0; j < kBlockN; ++j)
           sums[m * kBlockN + j] *= scales[std::min<int64_t>(n0 + j, N - 1)];
-  });
+  };
+  const float* bp = bf ? bf->data : nullptr;
+  if (x.scalar_type() == at::kFloat)
+    run_blocks(y.data_ptr<float>(), M, N, bp, block);
+  else
+    run_blocks(y.data_ptr<at::BFloat16>(), M, N, bp, block);
+  return y;
 }
 
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(w, at::kBFloat16, "linear_bf16");
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  return linear_rows(x, w, wp, nullptr, bias);
+  return linear_rows(x, w.size(0), w.size(1), wp, nullptr, bias);
 }
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
@@ -157,7 +188,49 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
                   scales.numel() == q.size(0),
               "linear_int8 needs one contiguous fp32 scale per output channel");
-  return linear_rows(x, q, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
+  return linear_rows(x, q.size(0), q.size(1), q.data_ptr<int8_t>(), scales.data_ptr<float>(),
+                     bias);
+}
+
+// HF's RMSNorm at inference: y = weight * (x * rsqrt(mean(x^2) + eps)) with the normalisation in
+// fp32 and rounded to x's dtype before the (x's dtype) product with the weight.
+template <typename T>
+void rms_norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t D, float eps) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * D;
+      float ss = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float v = static_cast<float>(xr[d]);
+        ss += v * v;
+      }
+      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
+      for (int64_t d = 0; d < D; ++d) {
+        const T normed = static_cast<T>(static_cast<float>(xr[d]) * inv);
+        y[r * D + d] = static_cast<T>(static_cast<float>(w[d]) * static_cast<float>(normed));
+      }
+    }
+  });
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "rms_norm takes CPU tensors");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "rms_norm needs x and weight of one dtype, float32 or bfloat16");
+  const int64_t D = weight.numel();
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == D, "rms_norm: x has ", x.size(-1),
+              " features, the weight ", D);
+  const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const int64_t rows = xc.numel() / D;
+  if (x.scalar_type() == at::kFloat)
+    rms_norm_rows(xc.data_ptr<float>(), wc.data_ptr<float>(), y.data_ptr<float>(), rows, D,
+                  static_cast<float>(eps));
+  else
+    rms_norm_rows(xc.data_ptr<at::BFloat16>(), wc.data_ptr<at::BFloat16>(),
+                  y.data_ptr<at::BFloat16>(), rows, D, static_cast<float>(eps));
+  return y;
 }
 
 }  // namespace
@@ -165,9 +238,11 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tenso
 TORCH_LIBRARY(quietstar_cpu, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
   m.impl("linear_int8", &linear_int8);
+  m.impl("rms_norm", &rms_norm);
 }

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import quietstar
 from quietstar import kernels
-from quietstar.kernels.linear import KERNEL_MAX_ROWS, Bf16RowsLinear
+from quietstar.kernels.modules import KERNEL_MAX_ROWS, Bf16RowsLinear
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int8Linear, quantize_int8
 from tests.engine.engine_support import make_hf_checkpoint
@@ -242,3 +242,23 @@ def test_decode_attention_one_segment_and_bad_lengths(ops):
             False,
             0.25,
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_kernel_rms_norm_matches_the_model_norm(ops, dtype):
+    from quietstar.kernels.modules import KernelRMSNorm
+    from quietstar.llama import RMSNorm
+
+    g = torch.Generator().manual_seed(11)
+    norm = RMSNorm(96, 1e-5).to(dtype)
+    norm.weight.data = torch.randn(96, generator=g).to(dtype)
+    fast = KernelRMSNorm(norm)
+    for rows in (1, 5, 40):  # 40 rows: more than one thread's share
+        x = (torch.randn(2, rows, 96, generator=g) * 3).to(dtype)
+        want, got = norm(x), fast(x)
+        assert got.dtype == dtype and got.shape == x.shape
+        if dtype == torch.float32:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        else:  # fp32 sums in another order may round a value to the neighbouring bf16
+            ulps = (got.float() - want.float()).abs() / want.float().abs().clamp(min=1e-3)
+            assert (ulps <= 2**-7).all() and (got == want).float().mean() > 0.97
