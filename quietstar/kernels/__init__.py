@@ -30,12 +30,23 @@ log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(f) for f in ("cpu_linear.cpp", "cpu_attention.cpp")]
 FLAGS = {  # PyTorch's CPU capability -> the instruction sets the kernels may use
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+    "AVX512_BF16": [
+        *("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
+        "-mavx512bf16",
+    ],
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
 }
 
 
 def capability() -> str:
-    return torch.backends.cpu.get_cpu_capability()
+    """PyTorch's CPU capability, plus `_BF16` where AVX-512 comes with avx512_bf16 (the linears'
+    bf16 dot-product path)."""
+    from ..dtypes import cpu_flags
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap == "AVX512" and "avx512_bf16" in cpu_flags().split():
+        return "AVX512_BF16"
+    return cap
 
 
 def build_name(cap: str | None = None) -> str:

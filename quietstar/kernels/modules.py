@@ -6,14 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Up to this many rows the kernel is faster than oneDNN's bf16 GEMM, pre-packed or not; beyond,
-# it is slower (benchmarks/RESULTS.md, "Decode linears"), so larger calls (prefill, scoring,
-# wide thought batches) take F.linear on the same weight.
-KERNEL_MAX_ROWS = 8
+
+def kernel_max_rows() -> int:
+    """Up to this many rows the bf16 kernel is faster than F.linear on the same weight (measured
+    in benchmarks/RESULTS.md, "Decode linears"), so larger calls (prefill, scoring, wide thought
+    batches) take F.linear: 32 with AVX512-BF16 dot products, 8 with fp32 FMAs."""
+    from . import capability
+
+    return 32 if capability() == "AVX512_BF16" else 8
 
 
 class Bf16RowsLinear(nn.Module):
-    """Inference-only bf16 linear: `KERNEL_MAX_ROWS` rows or fewer through
+    """Inference-only bf16 linear: `kernel_max_rows()` rows or fewer through
     `quietstar_cpu::linear_bf16`, more through F.linear. The weight stays plain (no second,
     pre-packed copy), so a tied LM head still shares the embedding's memory."""
 
@@ -23,10 +27,11 @@ class Bf16RowsLinear(nn.Module):
         self.register_buffer("weight", linear.weight.detach().contiguous(), persistent=False)
         bias = None if linear.bias is None else linear.bias.detach()
         self.register_buffer("bias", bias, persistent=False)
+        self.max_rows = kernel_max_rows()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] <= KERNEL_MAX_ROWS:
+        if flat.shape[0] <= self.max_rows:
             out = torch.ops.quietstar_cpu.linear_bf16(flat, self.weight, self.bias)
         else:
             out = F.linear(flat, self.weight, self.bias)

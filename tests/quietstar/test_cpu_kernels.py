@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import quietstar
 from quietstar import kernels
-from quietstar.kernels.modules import KERNEL_MAX_ROWS, Bf16RowsLinear
+from quietstar.kernels.modules import Bf16RowsLinear
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int8Linear, quantize_int8
 from tests.engine.engine_support import make_hf_checkpoint
@@ -40,11 +40,12 @@ def _fp32_bound(x, w):
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
-def test_bf16_weights_match_float64(ops, rows, act):
+@pytest.mark.parametrize("K", [96, 48])  # 48: not a multiple of 32 (no bf16 dot-product path)
+def test_bf16_weights_match_float64(ops, rows, act, K):
     g = torch.Generator().manual_seed(rows)
-    w = torch.randn(50, 96, generator=g).bfloat16()  # 50 outputs: a partial channel block
+    w = torch.randn(50, K, generator=g).bfloat16()  # 50 outputs: a partial channel block
     bias = torch.randn(50, generator=g)
-    x = torch.randn(rows, 96, generator=g).to(act)
+    x = torch.randn(rows, K, generator=g).to(act)
     got = ops.linear_bf16(x, w, bias)
     assert got.dtype == act and got.shape == (rows, 50)
     want = _reference(x, w, bias)
@@ -53,16 +54,19 @@ def test_bf16_weights_match_float64(ops, rows, act):
 
 
 @pytest.mark.parametrize("rows", [1, 4, 6])
-def test_int8_weights_match_dequantised_float64(ops, rows):
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
+def test_int8_weights_match_dequantised_float64(ops, rows, act):
     g = torch.Generator().manual_seed(10 + rows)
     w = torch.randn(36, 64, generator=g)
     q, scales = quantize_int8(w)
-    x = torch.randn(2, rows, 64, generator=g)  # leading dimensions are kept
+    x = torch.randn(2, rows, 64, generator=g).to(act)  # leading dimensions are kept
     got = ops.linear_int8(x, q, scales, None)
-    assert got.shape == (2, rows, 36)
+    assert got.shape == (2, rows, 36) and got.dtype == act
     want = _reference(x, q.float()) * scales.double()
-    bound = _fp32_bound(x.reshape(-1, 64), q.float()).view(2, rows, 36) * scales.double()
-    assert ((got.double() - want).abs() <= bound * 2).all()
+    bound = _fp32_bound(x.reshape(-1, 64), q.float()).view(2, rows, 36) * scales.double() * 2
+    if act == torch.bfloat16:
+        bound = bound + want.abs() * 2**-8  # the output's rounding to bf16
+    assert ((got.double() - want).abs() <= bound).all()
 
 
 def test_a_row_does_not_depend_on_the_other_rows(ops):
@@ -101,8 +105,9 @@ def test_rows_linear_switches_to_f_linear_above_its_row_limit(ops):
     lin = torch.nn.Linear(64, 20, dtype=torch.bfloat16)
     layer = Bf16RowsLinear(lin)
     assert layer.weight.data_ptr() == lin.weight.data_ptr()  # no copy of the weight
-    few = torch.randn(KERNEL_MAX_ROWS, 64, generator=g).bfloat16()
-    many = torch.randn(KERNEL_MAX_ROWS + 1, 64, generator=g).bfloat16()
+    assert layer.max_rows in (8, 32)
+    few = torch.randn(layer.max_rows, 64, generator=g).bfloat16()
+    many = torch.randn(layer.max_rows + 1, 64, generator=g).bfloat16()
     assert torch.equal(layer(few), ops.linear_bf16(few, lin.weight, lin.bias))
     assert torch.equal(layer(many), F.linear(many, lin.weight, lin.bias))
 
@@ -133,8 +138,8 @@ def test_bf16_model_decodes_through_the_kernel_and_matches_plain(ops, tmp_path):
     rows = [m for m in fast.modules() if isinstance(m, Bf16RowsLinear)]
     assert len(rows) == 4 * fast.backbone.num_layers + 1
     assert not any(isinstance(m, PackedLinear) for m in fast.modules())
-    for n in (1, 3):  # one row per sequence (the kernel), then n * 11 > 8 rows (F.linear)
-        ids = torch.randint(0, 250, (n, 1 if n == 1 else 11))
+    for n, t in ((1, 1), (3, 11), (3, 20)):  # 1, 33 and 60 rows: both sides of the row limit
+        ids = torch.randint(0, 250, (n, t))
         a, b = _logits(fast, ids), _logits(plain, ids)
         finite = torch.isfinite(b)
         assert torch.equal(torch.isfinite(a), finite)
