@@ -126,6 +126,8 @@ class SelfAttention(nn.Module):
             self.n_kv * self.head_dim,
         )
 
+    rope = staticmethod(apply_rope)  # of the fused path; an engine model may take a kernel's
+
     def fuse(self) -> None:
         """Replace q/k/v by one matmul (fewer, larger kernels for decode). Irreversible."""
         self.qkv_proj = _fuse_linears(self.q_proj, self.k_proj, self.v_proj)
@@ -135,7 +137,7 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         if self.qkv_proj is not None:  # fused: rotate q and k in one go
             qk, v = self.qkv_proj(x).split((self.sizes[0] + self.sizes[1], self.sizes[2]), dim=-1)
-            qk = apply_rope(qk.view(B, T, self.n_heads + self.n_kv, self.head_dim), cos, sin)
+            qk = self.rope(qk.view(B, T, self.n_heads + self.n_kv, self.head_dim), cos, sin)
             q, k = qk.split((self.n_heads, self.n_kv), dim=2)
         else:
             q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
@@ -238,10 +240,10 @@ class LlamaBackbone(nn.Module):
     def fuse_for_inference(self, prepack: bool = True) -> None:
         """Fuse q/k/v and gate/up projections in every layer and, on CPU, give every linear its
         fastest inference form (oneDNN pre-packing for fp32, and for bf16 where it is native;
-        quietstar's decode kernels for bf16 where they build) and the norms quietstar's RMSNorm
-        kernel (`prepack=False`, only for measuring what this buys, does neither). The model can
+        quietstar's decode kernels for bf16 where they build) and the norms and RoPE quietstar's
+        kernels (`prepack=False`, only for measuring what this buys, does neither). The model can
         no longer be saved or trained afterwards; the engine calls this on the model it owns."""
-        from .kernels.modules import use_kernel_norms
+        from .kernels.modules import use_kernel_layers
         from .packed import pack_linears
 
         for layer in self.layers:
@@ -249,7 +251,7 @@ class LlamaBackbone(nn.Module):
             layer.mlp.fuse()
         if prepack:
             pack_linears(self)  # decided once for the model's dtype; a no-op off the CPU
-            use_kernel_norms(self)  # where quietstar's CPU kernels are built
+            use_kernel_layers(self)  # where quietstar's CPU kernels are built
         self.is_fused = True
 
     def hf_state_dict_keys(self) -> dict[str, str]:

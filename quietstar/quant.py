@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .kernels.modules import use_kernel_norms
+from .kernels.modules import use_kernel_layers
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def quantize_model(model, spec: QuantSpec) -> None:
         layer.self_attn.fuse()
         layer.mlp.fuse()
     count = _replace_linears(backbone, spec, dtype)
-    use_kernel_norms(backbone)
+    use_kernel_layers(backbone)
     backbone.is_fused = True
     model.quantization = spec
     log.info("quantised %d linears to %s in %.1f s", count, spec, time.perf_counter() - start)

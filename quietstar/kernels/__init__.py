@@ -57,7 +57,7 @@ def build_name(cap: str | None = None) -> str:
 
 @functools.cache
 def cpu_ops():
-    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, decode_attention) built for this CPU, or
+    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, rope, decode_attention) built for this CPU, or
     None (logged once with the reason) when they are switched off or cannot be built."""
     if not cpu_kernels_enabled():
         log.info("quietstar CPU kernels off (QUIETSTAR_CPU_KERNELS=off): PyTorch's kernels only")
@@ -104,6 +104,7 @@ def _register_fakes() -> None:
         lambda x, w, scales, bias: out(x, w.shape[0])
     )
     torch.library.register_fake("quietstar_cpu::rms_norm")(lambda x, w, eps: torch.empty_like(x))
+    torch.library.register_fake("quietstar_cpu::rope")(lambda x, cos, sin: x.new_empty(x.shape))
     torch.library.register_fake("quietstar_cpu::decode_attention")(
         lambda q, k_new, v_new, k1, v1, lengths1, k2, v2, lengths2, slots, positions, second, scale: (
             torch.empty_like(q)

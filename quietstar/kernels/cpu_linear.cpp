@@ -279,16 +279,63 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
+// RoPE, rotate-half form: x (B, T, H, D), any strides but the last; cos/sin (B, T, D) contiguous
+// -> x * cos + rotate_half(x) * sin, contiguous, with PyTorch's roundings for x's dtype (each
+// product rounded, then the sum).
+template <typename T>
+void rope_rows(const at::Tensor& x, const T* cos, const T* sin, T* y) {
+  const int64_t B = x.size(0), T_ = x.size(1), H = x.size(2), D = x.size(3), half = D / 2;
+  const T* xp = reinterpret_cast<const T*>(x.data_ptr());
+  at::parallel_for(0, B * T_, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / T_, t = bt % T_;
+      const T* c = cos + bt * D;
+      const T* s = sin + bt * D;
+      for (int64_t h = 0; h < H; ++h) {
+        const T* xr = xp + b * x.stride(0) + t * x.stride(1) + h * x.stride(2);
+        T* yr = y + (bt * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const float rotated = d < half ? -static_cast<float>(xr[d + half])
+                                         : static_cast<float>(xr[d - half]);
+          const T a = static_cast<T>(static_cast<float>(xr[d]) * static_cast<float>(c[d]));
+          const T r = static_cast<T>(static_cast<T>(rotated) * static_cast<float>(s[d]));
+          yr[d] = static_cast<T>(static_cast<float>(a) + static_cast<float>(r));
+        }
+      }
+    }
+  });
+}
+
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.stride(3) == 1 && x.size(3) % 2 == 0,
+              "rope needs a CPU (B, T, H, D) tensor, contiguous in an even D");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "rope takes float32 or bfloat16");
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->dim() == 3 && t->size(0) == x.size(0) &&
+                    t->size(1) == x.size(1) && t->size(2) == x.size(3),
+                "rope needs cos/sin of x's dtype and shape (B, T, D)");
+  const at::Tensor c = cos.contiguous(), s = sin.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  if (x.scalar_type() == at::kFloat)
+    rope_rows(x, c.data_ptr<float>(), s.data_ptr<float>(), y.data_ptr<float>());
+  else
+    rope_rows(x, c.data_ptr<at::BFloat16>(), s.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>());
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(quietstar_cpu, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
   m.impl("linear_int8", &linear_int8);
   m.impl("rms_norm", &rms_norm);
+  m.impl("rope", &rope);
 }

@@ -60,17 +60,34 @@ class KernelRMSNorm(nn.Module):
         return torch.ops.quietstar_cpu.rms_norm(x, self.weight, self.eps)
 
 
-def use_kernel_norms(module: nn.Module) -> int:
-    """Replace every RMSNorm below `module` (on the CPU, kernels built) by KernelRMSNorm, in
-    place; returns how many."""
-    from ..llama import RMSNorm
+def kernel_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`quietstar.llama.apply_rope` through `quietstar_cpu::rope` (one call where eager PyTorch
+    makes eight; bit-equal in bf16), outside torch.compile, which fuses the formula itself."""
+    from ..llama import apply_rope
+
+    if torch.compiler.is_compiling() or cos.dtype != x.dtype:
+        return apply_rope(x, cos, sin)
+    return torch.ops.quietstar_cpu.rope(x, cos, sin)
+
+
+def use_kernel_layers(module: nn.Module) -> int:
+    """On the CPU, with the kernels built: every RMSNorm below `module` becomes a KernelRMSNorm
+    and every attention rotates through `kernel_rope`, in place; returns how many modules
+    changed."""
+    from ..llama import RMSNorm, SelfAttention
     from . import cpu_ops
 
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, RMSNorm) and child.weight.device.type == "cpu" and cpu_ops():
+        on_cpu = next(child.parameters(), torch.empty(0)).device.type == "cpu"
+        if not (on_cpu and cpu_ops()):
+            continue
+        if isinstance(child, RMSNorm):
             setattr(module, name, KernelRMSNorm(child))
             count += 1
-        else:
-            count += use_kernel_norms(child)
+            continue
+        if isinstance(child, SelfAttention):
+            child.rope = kernel_rope
+            count += 1
+        count += use_kernel_layers(child)
     return count

@@ -267,3 +267,25 @@ def test_kernel_rms_norm_matches_the_model_norm(ops, dtype):
         else:  # fp32 sums in another order may round a value to the neighbouring bf16
             ulps = (got.float() - want.float()).abs() / want.float().abs().clamp(min=1e-3)
             assert (ulps <= 2**-7).all() and (got == want).float().mean() > 0.97
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rope_kernel_matches_apply_rope_on_a_strided_view(ops, dtype):
+    from quietstar.kernels.modules import kernel_rope
+    from quietstar.llama import apply_rope
+
+    g = torch.Generator().manual_seed(13)
+    B, T, H, D = 2, 3, 5, 32
+    fused = torch.randn(B, T, H * D + 48, generator=g).to(dtype)  # q/k next to v, as in qkv
+    x = fused[..., : H * D].view(B, T, H, D)
+    angles = torch.randn(B, T, D // 2, generator=g) * 10
+    cos = torch.cat((angles, angles), -1).cos().to(dtype)
+    sin = torch.cat((angles, angles), -1).sin().to(dtype)
+    got, want = kernel_rope(x, cos, sin), apply_rope(x, cos, sin)
+    assert got.is_contiguous() and got.shape == want.shape
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, want)  # the same roundings, op by op
+    else:
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="cos/sin of x's dtype and shape"):
+        ops.rope(x, cos[:, :1], sin[:, :1])
