@@ -73,6 +73,13 @@ class SamplingBatch:
         ps = [s.params for s in seqs]
         f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
         penalised = any(p.presence_penalty or p.frequency_penalty for p in ps)
+        all_greedy = all(p.temperature == 0 for p in ps)
+        if all_greedy:  # no row reads u: count the draws, skip the hashing
+            for seq in seqs:
+                seq.num_draws += 1
+            u = torch.zeros(len(seqs), device=device)
+        else:
+            u = draw_uniforms(seqs, [1] * len(seqs), device)
         return cls(
             temperature=f32([p.temperature or 1.0 for p in ps]),
             is_greedy=torch.tensor([p.temperature == 0 for p in ps], device=device),
@@ -81,11 +88,11 @@ class SamplingBatch:
             min_p=f32([p.min_p for p in ps]),
             presence=f32([p.presence_penalty for p in ps]),
             frequency=f32([p.frequency_penalty for p in ps]),
-            u=draw_uniforms(seqs, [1] * len(seqs), device),
+            u=u,
             num_top_logprobs=[p.logprobs or 0 for p in ps],
             output_ids=[s.output_ids for s in seqs] if penalised else None,
             sort_rows=[i for i, p in enumerate(ps) if 0 < p.top_k < vocab_size or p.top_p < 1],
-            all_greedy=all(p.temperature == 0 for p in ps),
+            all_greedy=all_greedy,
             any_min_p=any(p.min_p > 0 for p in ps),
         )
 
