@@ -106,7 +106,5 @@ def _register_fakes() -> None:
     torch.library.register_fake("quietstar_cpu::rms_norm")(lambda x, w, eps: torch.empty_like(x))
     torch.library.register_fake("quietstar_cpu::rope")(lambda x, cos, sin: x.new_empty(x.shape))
     torch.library.register_fake("quietstar_cpu::decode_attention")(
-        lambda q, k_new, v_new, k1, v1, lengths1, k2, v2, lengths2, slots, positions, second, scale: (
-            torch.empty_like(q)
-        )
+        lambda q, k_new, v_new, k, v, tk, tv, info, scale: torch.empty_like(q)
     )

@@ -1,8 +1,8 @@
-// Decode attention on CPU for one row per slot: the row's new key/value is written into the
-// slot's cache, then its G query rows per key/value head attend that slot's keys, in one or two
-// segments (its prefix, and its thought branch), each read up to the slot's own length, so
-// neither a mask nor a concatenation of the two segments is needed. Scores and softmax in fp32;
-// keys and values are read and written in place in the cache views (any strides but the last).
+// Decode attention on CPU over the engine's KV caches, for any mix of rows: every row's new
+// key/value is written first (into its slot's prefix, or into its thought branch), then each
+// row's G query rows per key/value head attend its slot's prefix and, for a thought row, its own
+// branch, each read in place up to the row's lengths: no mask, no dense (slot, column) layout, no
+// concatenation and no log-sum-exp merge. Scores and softmax in fp32.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -72,125 +72,133 @@ void attend_head(const float* q, int64_t G, int64_t D, float scale, const Segmen
   }
 }
 
-void check_kv(const at::Tensor& k, const at::Tensor& v, const at::Tensor& lengths, int64_t n,
-              int64_t kvh, int64_t D, at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) >= n && k.size(1) == kvh &&
-                  k.size(3) == D,
-              "decode_attention: ", name, " keys/values must be (slots, ", kvh, ", S, ", D,
-              "), got ", k.sizes(), " and ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "decode_attention: ", name,
-              " keys/values must have the queries' dtype ", c10::toString(dtype));
-  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: ", name,
-              " keys/values must be contiguous in the head dimension");
-  TORCH_CHECK(lengths.scalar_type() == at::kLong && lengths.dim() == 1 && lengths.numel() == n,
-              "decode_attention: ", name, " lengths must be int64 of shape (", n, ")");
-  const int64_t* len = lengths.data_ptr<int64_t>();
-  for (int64_t s = 0; s < n; ++s)
-    TORCH_CHECK(len[s] >= 0 && len[s] <= k.size(2), "decode_attention: ", name, " length ",
-                len[s], " of slot ", s, " outside [0, ", k.size(2), "]");
+// Row i of `info` (N, 7) int64: the slot it reads, its prefix length there, its thought column
+// (-1: a base row), its thought length, 1 if its new key/value goes to the thought branch (else
+// the prefix), and the slot and position written (a padding row writes a scratch slot).
+enum Info { kSlot, kPrefix, kColumn, kThought, kWriteThought, kWriteSlot, kWritePos, kInfo };
+
+struct Caches {
+  at::Tensor k, v;    // (S, KVH, P, D): prefixes
+  at::Tensor tk, tv;  // (S, K, KVH, T, D): thought branches, or undefined
+};
+
+template <typename T>
+T* prefix_row(const at::Tensor& c, int64_t slot, int64_t h, int64_t pos) {
+  return reinterpret_cast<T*>(c.data_ptr()) + slot * c.stride(0) + h * c.stride(1) + pos * c.stride(2);
 }
 
 template <typename T>
-void run(const at::Tensor& q, const at::Tensor& qf, const std::vector<const at::Tensor*>& kvl,
-         double scale, at::Tensor& out) {
-  const int64_t n = q.size(0), kvh = q.size(1), G = q.size(2), D = q.size(3);
-  const int num_segments = static_cast<int>(kvl.size() / 3);
+T* thought_row(const at::Tensor& c, int64_t slot, int64_t col, int64_t h, int64_t pos) {
+  return reinterpret_cast<T*>(c.data_ptr()) + slot * c.stride(0) + col * c.stride(1) +
+         h * c.stride(2) + pos * c.stride(3);
+}
+
+template <typename T>
+void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::Tensor& v_new,
+                      const Caches& c, const int64_t* info, double scale, float* out) {
+  const int64_t N = qf.size(0), kvh = qf.size(1), G = qf.size(2), D = qf.size(3);
+  const auto* kn = reinterpret_cast<const T*>(k_new.data_ptr());
+  const auto* vn = reinterpret_cast<const T*>(v_new.data_ptr());
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t* r = info + i * kInfo;
+    for (int64_t h = 0; h < kvh; ++h) {
+      const int64_t slot = r[kWriteSlot], pos = r[kWritePos];
+      T* kd = r[kWriteThought] ? thought_row<T>(c.tk, slot, r[kColumn], h, pos)
+                               : prefix_row<T>(c.k, slot, h, pos);
+      T* vd = r[kWriteThought] ? thought_row<T>(c.tv, slot, r[kColumn], h, pos)
+                               : prefix_row<T>(c.v, slot, h, pos);
+      std::memcpy(kd, kn + (i * kvh + h) * D, D * sizeof(T));
+      std::memcpy(vd, vn + (i * kvh + h) * D, D * sizeof(T));
+    }
+  }
   const float* qp = qf.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, n * kvh, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * kvh, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / kvh, h = task % kvh;
+      const int64_t i = task / kvh, h = task % kvh;
+      const int64_t* r = info + i * kInfo;
       Segment<T> segments[2];
-      int64_t total = 0;
-      for (int i = 0; i < num_segments; ++i) {
-        const at::Tensor &k = *kvl[3 * i], &v = *kvl[3 * i + 1];
-        const auto* kp = reinterpret_cast<const T*>(k.data_ptr()) + s * k.stride(0) + h * k.stride(1);
-        const auto* vp = reinterpret_cast<const T*>(v.data_ptr()) + s * v.stride(0) + h * v.stride(1);
-        const int64_t length = kvl[3 * i + 2]->data_ptr<int64_t>()[s];
-        segments[i] = Segment<T>{kp, vp, k.stride(2), v.stride(2), length};
-        total += length;
+      segments[0] = Segment<T>{prefix_row<T>(c.k, r[kSlot], h, 0), prefix_row<T>(c.v, r[kSlot], h, 0),
+                               c.k.stride(2), c.v.stride(2), r[kPrefix]};
+      int num_segments = 1;
+      if (r[kColumn] >= 0 && r[kThought] > 0) {
+        segments[1] = Segment<T>{thought_row<T>(c.tk, r[kSlot], r[kColumn], h, 0),
+                                 thought_row<T>(c.tv, r[kSlot], r[kColumn], h, 0),
+                                 c.tk.stride(3), c.tv.stride(3), r[kThought]};
+        num_segments = 2;
       }
-      scores.resize(G * std::max<int64_t>(total, 1));
+      scores.resize(G * std::max<int64_t>(r[kPrefix] + (num_segments > 1 ? r[kThought] : 0), 1));
       attend_head(qp + task * G * D, G, D, static_cast<float>(scale), segments, num_segments,
-                  scores.data(), op + task * G * D);
+                  scores.data(), out + task * G * D);
     }
   });
 }
 
-// Writes row i's key/value (n, KVH, D) at [slots[i], :, positions[i]] of k/v.
-template <typename T>
-void write_rows(const at::Tensor& k_new, const at::Tensor& v_new, at::Tensor& k, at::Tensor& v,
-                const at::Tensor& slots, const at::Tensor& positions) {
-  const int64_t n = k_new.size(0), kvh = k_new.size(1), D = k_new.size(2);
-  const int64_t* sp = slots.data_ptr<int64_t>();
-  const int64_t* pp = positions.data_ptr<int64_t>();
-  const auto* kn = reinterpret_cast<const T*>(k_new.data_ptr());
-  const auto* vn = reinterpret_cast<const T*>(v_new.data_ptr());
-  auto* kp = reinterpret_cast<T*>(k.data_ptr());
-  auto* vp = reinterpret_cast<T*>(v.data_ptr());
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(sp[i] >= 0 && sp[i] < k.size(0) && pp[i] >= 0 && pp[i] < k.size(2),
-                "decode_attention: write of row ", i, " to slot ", sp[i], " position ", pp[i],
-                " outside the cache");
-    for (int64_t h = 0; h < kvh; ++h) {
-      const int64_t src = (i * kvh + h) * D;
-      std::memcpy(kp + sp[i] * k.stride(0) + h * k.stride(1) + pp[i] * k.stride(2), kn + src,
-                  D * sizeof(T));
-      std::memcpy(vp + sp[i] * v.stride(0) + h * v.stride(1) + pp[i] * v.stride(2), vn + src,
-                  D * sizeof(T));
-    }
-  }
+void check_cache(const at::Tensor& c, int64_t dims, int64_t kvh_dim, int64_t kvh, int64_t D,
+                 at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(c.device().is_cpu() && c.dim() == dims && c.size(kvh_dim) == kvh &&
+                  c.size(dims - 1) == D && c.stride(dims - 1) == 1 && c.scalar_type() == dtype,
+              "decode_attention: ", name, " cache must be a CPU ", c10::toString(dtype), " tensor of ",
+              dims, " dimensions with ", kvh, " key/value heads of ", D,
+              " contiguous values, got ", c10::toString(c.scalar_type()), " ", c.sizes());
 }
 
-// q (n, KVH, G, D) and the rows' new keys/values k_new/v_new (n, KVH, D); segment 1 k1/v1
-// (>= n, KVH, S1, D) with lengths1 (n,), optionally segment 2 likewise. The new keys/values go
-// to [write_slots, :, write_positions] of segment 2 when `write_second`, else of segment 1;
-// lengths count them.
+// q (N, KVH, G, D) and the rows' new keys/values (N, KVH, D); the caches of one layer: k/v
+// (S, KVH, P, D) and, when any row thinks, tk/tv (S, K, KVH, T, D); info as above.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
-                            at::Tensor k1, at::Tensor v1, const at::Tensor& lengths1,
-                            c10::optional<at::Tensor> k2, c10::optional<at::Tensor> v2,
-                            const c10::optional<at::Tensor>& lengths2,
-                            const at::Tensor& write_slots, const at::Tensor& write_positions,
-                            bool write_second, double scale) {
+                            at::Tensor k, at::Tensor v, c10::optional<at::Tensor> tk,
+                            c10::optional<at::Tensor> tv, const at::Tensor& info, double scale) {
   TORCH_CHECK(q.device().is_cpu() && q.dim() == 4,
-              "decode_attention: q must be (n, KVH, G, D) on CPU");
-  const int64_t n = q.size(0), kvh = q.size(1), D = q.size(3);
+              "decode_attention: q must be (N, KVH, G, D) on CPU");
+  const int64_t N = q.size(0), kvh = q.size(1), D = q.size(3);
   TORCH_CHECK(D % 16 == 0, "decode_attention: head dim ", D, " not a multiple of 16");
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
               "decode_attention: float32 or bfloat16 only, got ", c10::toString(dtype));
-  check_kv(k1, v1, lengths1, n, kvh, D, dtype, "first");
-  std::vector<const at::Tensor*> kvl{&k1, &v1, &lengths1};
-  const bool second = k2.has_value() && k2->defined();
-  TORCH_CHECK(second == (v2.has_value() && v2->defined()) &&
-                  second == (lengths2.has_value() && lengths2->defined()),
-              "decode_attention: a second segment needs keys, values and lengths");
-  if (second) {
-    check_kv(*k2, *v2, *lengths2, n, kvh, D, dtype, "second");
-    kvl.insert(kvl.end(), {&*k2, &*v2, &*lengths2});
-  }
-  TORCH_CHECK(!write_second || second, "decode_attention: write_second without a second segment");
-  TORCH_CHECK(k_new.sizes() == at::IntArrayRef({n, kvh, D}) && v_new.sizes() == k_new.sizes() &&
+  TORCH_CHECK(k_new.sizes() == at::IntArrayRef({N, kvh, D}) && v_new.sizes() == k_new.sizes() &&
                   k_new.scalar_type() == dtype && v_new.scalar_type() == dtype,
-              "decode_attention: new keys/values must be (", n, ", ", kvh, ", ", D, ") ",
+              "decode_attention: new keys/values must be (", N, ", ", kvh, ", ", D, ") ",
               c10::toString(dtype));
-  TORCH_CHECK(write_slots.scalar_type() == at::kLong && write_slots.numel() == n &&
-                  write_positions.scalar_type() == at::kLong && write_positions.numel() == n,
-              "decode_attention: write slots and positions must be int64 of shape (", n, ")");
+  check_cache(k, 4, 1, kvh, D, dtype, "prefix key");
+  check_cache(v, 4, 1, kvh, D, dtype, "prefix value");
+  const bool thoughts = tk.has_value() && tk->defined();
+  TORCH_CHECK(thoughts == (tv.has_value() && tv->defined()),
+              "decode_attention: thought keys and values go together");
+  if (thoughts) {
+    check_cache(*tk, 5, 2, kvh, D, dtype, "thought key");
+    check_cache(*tv, 5, 2, kvh, D, dtype, "thought value");
+  }
+  TORCH_CHECK(info.scalar_type() == at::kLong && info.dim() == 2 && info.size(0) == N &&
+                  info.size(1) == kInfo,
+              "decode_attention: info must be int64 of shape (", N, ", ", int(kInfo), ")");
+  const at::Tensor ic = info.contiguous();
+  const int64_t* rows = ic.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t* r = rows + i * kInfo;
+    for (const int f : {int(kSlot), int(kWriteSlot)})
+      TORCH_CHECK(r[f] >= 0 && r[f] < k.size(0), "decode_attention: row ", i, " slot ", r[f],
+                  " outside the cache's ", k.size(0));
+    TORCH_CHECK(r[kPrefix] >= 0 && r[kPrefix] <= k.size(2), "decode_attention: row ", i,
+                " prefix length ", r[kPrefix], " outside [0, ", k.size(2), "]");
+    const bool thinks = r[kColumn] >= 0;
+    TORCH_CHECK(!thinks || (thoughts && r[kColumn] < tk->size(1) && r[kThought] >= 0 &&
+                            r[kThought] <= tk->size(3)),
+                "decode_attention: row ", i, " thought column ", r[kColumn], " or length ",
+                r[kThought], " outside the thought cache");
+    TORCH_CHECK(!r[kWriteThought] || thinks, "decode_attention: row ", i,
+                " writes a thought but has no thought column");
+    const int64_t limit = r[kWriteThought] ? tk->size(3) : k.size(2);
+    TORCH_CHECK(r[kWritePos] >= 0 && r[kWritePos] < limit, "decode_attention: row ", i,
+                " writes position ", r[kWritePos], " outside [0, ", limit, ")");
+  }
   const at::Tensor kn = k_new.contiguous(), vn = v_new.contiguous();
-  at::Tensor& wk = write_second ? *k2 : k1;
-  at::Tensor& wv = write_second ? *v2 : v1;
-  const at::Tensor ws = write_slots.contiguous(), wp = write_positions.contiguous();
   const at::Tensor qf = q.to(at::kFloat).contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
-  if (dtype == at::kFloat) {
-    write_rows<float>(kn, vn, wk, wv, ws, wp);
-    run<float>(q, qf, kvl, scale, out);
-  } else {
-    write_rows<uint16_t>(kn, vn, wk, wv, ws, wp);
-    run<uint16_t>(q, qf, kvl, scale, out);
-  }
+  Caches caches{k, v, thoughts ? *tk : at::Tensor(), thoughts ? *tv : at::Tensor()};
+  if (dtype == at::kFloat)
+    write_and_attend<float>(qf, kn, vn, caches, rows, scale, out.data_ptr<float>());
+  else
+    write_and_attend<uint16_t>(qf, kn, vn, caches, rows, scale, out.data_ptr<float>());
   return out.to(dtype);
 }
 
@@ -198,9 +206,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
 
 TORCH_LIBRARY_FRAGMENT(quietstar_cpu, m) {
   m.def(
-      "decode_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k1, Tensor(b!) v1, "
-      "Tensor lengths1, Tensor(c!)? k2, Tensor(d!)? v2, Tensor? lengths2, Tensor write_slots, "
-      "Tensor write_positions, bool write_second, float scale) -> Tensor");
+      "decode_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k, Tensor(b!) v, "
+      "Tensor(c!)? tk, Tensor(d!)? tv, Tensor info, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) { m.impl("decode_attention", &decode_attention); }

@@ -86,6 +86,7 @@ class DecodeAttention:
         )
         self.thinks = batch.thought_len > 0  # (num_slots,)
         self.biases: dict[str, torch.Tensor] = {}  # additive masks, built once per step
+        self.row_info: torch.Tensor | None = None  # the CPU kernel's, built on its first layer
         if batch.max_thought:
             self.joint_mask = torch.cat((self.prefix_mask, self.thought_mask), dim=1)
         # Where each row's K/V goes, as row indices into the caches flattened to (-1, D): one
@@ -118,11 +119,10 @@ class DecodeAttention:
     def attend(self, layer: int, q, k, v):
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
-        one_row_per_slot = b.R == 1 and len(q) == b.num_slots
-        if one_row_per_slot and _cpu_kernel_fits(q):
-            return self._one_row_per_slot_kernel(layer, q, k, v)  # it writes K/V itself
+        if _cpu_kernel_fits(q):
+            return self._kernel(layer, q, k, v)  # it writes K/V itself
         self._write(layer, k, v)
-        if one_row_per_slot:  # a plain SDPA call
+        if b.R == 1 and len(q) == b.num_slots:  # one row per slot: a plain SDPA call
             return self._one_row_per_slot(layer, q)
         H, D = q.shape[1:]
         n, R, B, kvh = b.num_slots, b.R, b.base_cols, k.shape[1]
@@ -181,34 +181,26 @@ class DecodeAttention:
         w_p, w_t = (lse_p - lse).exp()[..., None], (lse_t - lse).exp()[..., None]
         return (out_p.float() * w_p + out_t.float() * w_t).to(qt.dtype)
 
-    def _one_row_per_slot_kernel(self, layer: int, q, k, v):
-        """`_one_row_per_slot` and the K/V write in one call of quietstar's CPU kernel: it reads
-        each slot's prefix and thought keys in place, up to the slot's own lengths (no mask, no
-        concatenation)."""
-        b, c = self.b, self.cache
-        n, D = b.num_slots, q.shape[-1]
+    def _kernel(self, layer: int, q, k, v):
+        """Every row through quietstar's CPU kernel, which writes the rows' K/V and then reads each
+        row's prefix and thought branch in place, up to its own lengths."""
+        c = self.cache
+        if self.row_info is None:
+            self.row_info = _row_info(self.b)
+        thoughts = (c.tk[layer], c.tv[layer]) if self.b.max_thought else (None, None)
+        N, H, D = q.shape
         kvh = k.shape[1]
-        thinking = len(b.thought_rows) == n  # else every row is a base row
-        thought = (None,) * 3
-        if b.max_thought:
-            thought = (c.tk[layer][:, 0], c.tv[layer][:, 0], b.thought_len)
-        slots, positions = (
-            (b.thought_slots, b.thought_steps) if thinking else (b.base_slots, b.base_pos)
-        )
         out = torch.ops.quietstar_cpu.decode_attention(
-            q.view(n, kvh, -1, D),
+            q.view(N, kvh, H // kvh, D),
             k,
             v,
             c.k[layer],
             c.v[layer],
-            b.prefix_len,
-            *thought,
-            slots,
-            positions,
-            thinking,
+            *thoughts,
+            self.row_info,
             D**-0.5,
         )
-        return out.view(1, n, -1, D)
+        return out.view(1, N, H, D)
 
     def _one_row_per_slot(self, layer: int, q):
         """Thoughts off (the slot's prefix), or one thought per slot on a thought-only step (its
@@ -231,6 +223,32 @@ class DecodeAttention:
         # length, i.e. on every step (benchmarks/RESULTS.md, "Decode attention").
         out = F.scaled_dot_product_attention(q.view(n, kvh, -1, D), keys, values, attn_mask=bias)
         return out.view(1, n, -1, D)  # (1, n, H, D)
+
+
+def _row_info(b: DecodeBatch) -> torch.Tensor:
+    """(N, 7) int64 per row, as quietstar_cpu::decode_attention reads it: the slot it reads (its
+    place in the dense (slot, column) layout), that slot's prefix length, its thought column (-1:
+    a base row) and thought length, whether it writes its thought branch (else the prefix), and
+    the slot and position it writes (a padding row writes the scratch slot)."""
+    N = len(b.base_rows) + len(b.thought_rows)
+    info = torch.empty(N, 7, dtype=torch.int64)
+    slot = b.dense_index // b.R
+    info[:, 0] = slot
+    info[:, 1] = b.prefix_len[slot]
+    info[:, 2] = -1
+    info[:, 3] = 0
+    info[:, 4] = 0
+    if len(b.base_rows):
+        info[b.base_rows, 5] = b.base_slots
+        info[b.base_rows, 6] = b.base_pos
+    if len(b.thought_rows):
+        rows = b.thought_rows
+        info[rows, 2] = b.thought_index
+        info[rows, 3] = b.thought_len[slot[rows]]
+        info[rows, 4] = 1
+        info[rows, 5] = b.thought_slots
+        info[rows, 6] = b.thought_steps
+    return info
 
 
 def _cpu_kernel_fits(q: torch.Tensor) -> bool:

@@ -177,76 +177,63 @@ def test_a_build_failure_is_logged_and_leaves_pytorch_kernels(monkeypatch, caplo
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("write_second", [False, True], ids=["write-prefix", "write-thought"])
-def test_decode_attention_writes_then_matches_float64_softmax(ops, dtype, write_second):
+def test_decode_attention_writes_then_matches_float64_softmax(ops, dtype):
     g = torch.Generator().manual_seed(7)
-    n, kvh, G, D, S, T = 3, 2, 3, 32, 40, 6
-    k1, v1 = (torch.randn(5, kvh, S, D, generator=g).to(dtype) for _ in range(2))
-    tk, tv = (torch.randn(5, 2, kvh, T, D, generator=g).to(dtype) for _ in range(2))
-    q = torch.randn(n, kvh, G, D, generator=g).to(dtype)
-    k_new, v_new = (torch.randn(n, kvh, D, generator=g).to(dtype) for _ in range(2))
-    len1, len2 = torch.tensor([1, 17, 40]), torch.tensor([2, 6, 3])
-    slots = torch.tensor([0, 1, 2])
-    positions = len2 - 1 if write_second else len1 - 1
-    k2, v2 = tk[:, 0], tv[:, 0]  # a strided view into the thought cache: written in place
-    out = ops.decode_attention(
-        q, k_new, v_new, k1, v1, len1, k2, v2, len2, slots, positions, write_second, D**-0.5
+    S, K, kvh, G, D, P, T = 4, 3, 2, 3, 32, 40, 6
+    k, v = (torch.randn(S, kvh, P, D, generator=g).to(dtype) for _ in range(2))
+    tk, tv = (torch.randn(S, K, kvh, T, D, generator=g).to(dtype) for _ in range(2))
+    before = [t.clone() for t in (k, v, tk, tv)]
+    # read slot, prefix length, thought column, thought length, writes thought, write slot, pos
+    info = torch.tensor(
+        [
+            [0, 17, -1, 0, 0, 0, 16],  # a base row: appends to slot 0's prefix and reads it
+            [1, 40, -1, 0, 0, 1, 39],  # the base row of a slot that also thinks this step
+            [1, 40, 0, 1, 1, 1, 0],  # its START row: reads the prefix with that new key
+            [1, 40, 2, 4, 1, 1, 3],  # another thought of slot 1, one step further
+            [2, 5, 1, 2, 1, 3, 1],  # a padding row: reads slot 2, writes the scratch slot 3
+        ]
     )
+    N = len(info)
+    q = torch.randn(N, kvh, G, D, generator=g).to(dtype)
+    k_new, v_new = (torch.randn(N, kvh, D, generator=g).to(dtype) for _ in range(2))
+    out = ops.decode_attention(q, k_new, v_new, k, v, tk, tv, info, D**-0.5)
     assert out.dtype == dtype and out.shape == q.shape
-    written_k = tk[:, 0] if write_second else k1
-    for s in range(n):
-        assert torch.equal(written_k[s, :, positions[s]], k_new[s])
-        keys = torch.cat((k1[s, :, : len1[s]], tk[s, 0, :, : len2[s]]), dim=1).double()
-        values = torch.cat((v1[s, :, : len1[s]], tv[s, 0, :, : len2[s]]), dim=1).double()
-        p = torch.softmax(q[s].double() @ keys.transpose(-1, -2) * D**-0.5, dim=-1)
-        want = p @ values
-        tol = 1e-5 if dtype == torch.float32 else 2e-2
-        assert (out[s].double() - want).abs().max() < tol
+    want_k, want_v, want_tk, want_tv = before
+    for i, (_, _, col, _, thought, wslot, pos) in enumerate(info.tolist()):
+        if thought:
+            want_tk[wslot, col, :, pos], want_tv[wslot, col, :, pos] = k_new[i], v_new[i]
+        else:
+            want_k[wslot, :, pos], want_v[wslot, :, pos] = k_new[i], v_new[i]
+    for got, want in zip((k, v, tk, tv), (want_k, want_v, want_tk, want_tv), strict=True):
+        assert torch.equal(got, want)  # exactly the rows' writes, nothing else
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for i, (slot, plen, col, tlen, *_) in enumerate(info.tolist()):
+        keys, values = k[slot, :, :plen], v[slot, :, :plen]
+        if col >= 0:
+            keys = torch.cat((keys, tk[slot, col, :, :tlen]), dim=1)
+            values = torch.cat((values, tv[slot, col, :, :tlen]), dim=1)
+        p = torch.softmax(q[i].double() @ keys.double().transpose(-1, -2) * D**-0.5, dim=-1)
+        assert (out[i].double() - p @ values.double()).abs().max() < tol
 
 
-def test_decode_attention_one_segment_and_bad_lengths(ops):
-    k = torch.randn(2, 1, 8, 16)
-    v = torch.randn(2, 1, 8, 16)
-    q = torch.randn(2, 1, 1, 16)
-    new = torch.randn(2, 1, 16)
-    idx = torch.tensor([0, 1])
-    out = ops.decode_attention(
-        q,
-        new,
-        new,
-        k,
-        v,
-        torch.tensor([3, 8]),
-        None,
-        None,
-        None,
-        idx,
-        torch.tensor([2, 7]),
-        False,
-        0.25,
-    )
-    want = torch.softmax(q[1, 0] @ k[1, 0].T * 0.25, -1) @ v[1, 0]
-    assert torch.allclose(out[1, 0], want, atol=1e-6)
-    with pytest.raises(RuntimeError, match="first length 9 of slot 1 outside"):
-        ops.decode_attention(
-            q, new, new, k, v, torch.tensor([3, 9]), None, None, None, idx, idx, False, 0.25
-        )
-    with pytest.raises(RuntimeError, match="write of row 1 to slot 1 position 8 outside"):
-        ops.decode_attention(
-            q,
-            new,
-            new,
-            k,
-            v,
-            torch.tensor([3, 8]),
-            None,
-            None,
-            None,
-            idx,
-            torch.tensor([0, 8]),
-            False,
-            0.25,
-        )
+def test_decode_attention_refuses_rows_outside_the_cache(ops):
+    k, v = torch.randn(2, 1, 8, 16), torch.randn(2, 1, 8, 16)
+    q, new = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 16)
+
+    def call(row, tk=None, tv=None):
+        return ops.decode_attention(q, new, new, k, v, tk, tv, torch.tensor([row]), 0.25)
+
+    with pytest.raises(RuntimeError, match="row 0 prefix length 9 outside"):
+        call([1, 9, -1, 0, 0, 1, 2])
+    with pytest.raises(RuntimeError, match="row 0 writes position 8 outside"):
+        call([1, 8, -1, 0, 0, 1, 8])
+    with pytest.raises(RuntimeError, match="row 0 slot 2 outside"):
+        call([0, 8, -1, 0, 0, 2, 0])
+    with pytest.raises(RuntimeError, match="thought column 0 or length 1 outside"):
+        call([0, 8, 0, 1, 1, 0, 0])  # a thought row without thought caches
+    out = call([1, 3, -1, 0, 0, 1, 2])
+    want = torch.softmax(q[0, 0] @ k[1, 0, :3].T * 0.25, -1) @ v[1, 0, :3]
+    assert torch.allclose(out[0, 0], want, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
