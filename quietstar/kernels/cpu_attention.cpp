@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_vec.h"
@@ -29,22 +30,32 @@ struct Segment {
   int64_t k_step, v_step, length;
 };
 
-// out[g] = softmax over every key of both segments of (q[g] . key) * scale, applied to the values;
-// q (G, D) fp32, out (G, D) fp32; scores is G * (len1 + len2) scratch.
-template <typename T>
-void attend_head(const float* q, int64_t G, int64_t D, float scale, const Segment<T>* segments,
-                 int num_segments, float* scores, float* out) {
-  int64_t total = 0;
-  for (int s = 0; s < num_segments; ++s) total += segments[s].length;
+// scores[g * total + col] = (q[g] . key) * scale for every key of the segments, then each row
+// of scores becomes its softmax (fp32). GQ > 0: G as a compile-time constant (accumulators in
+// registers, each key widened once for all G rows); 0: any G.
+template <int GQ, typename T>
+void softmax_scores(const float* q, int64_t G_, int64_t D, float scale, const Segment<T>* segments,
+                    int num_segments, int64_t total, float* scores) {
+  const int64_t G = GQ ? GQ : G_;
   int64_t col = 0;
   for (int s = 0; s < num_segments; ++s) {
     const Segment<T>& seg = segments[s];
     for (int64_t j = 0; j < seg.length; ++j, ++col) {
       const T* key = seg.k + j * seg.k_step;
-      for (int64_t g = 0; g < G; ++g) {
-        Reg acc = zero();
-        for (int64_t d = 0; d < D; d += kLanes) acc = fma(load(q + g * D + d), widen(key + d), acc);
-        scores[g * total + col] = sum(acc) * scale;
+      if constexpr (GQ > 0) {
+        Reg acc[GQ];
+        for (int g = 0; g < GQ; ++g) acc[g] = zero();
+        for (int64_t d = 0; d < D; d += kLanes) {
+          const Reg kv = widen(key + d);
+          for (int g = 0; g < GQ; ++g) acc[g] = fma(load(q + g * D + d), kv, acc[g]);
+        }
+        for (int g = 0; g < GQ; ++g) scores[g * total + col] = sum(acc[g]) * scale;
+      } else {
+        for (int64_t g = 0; g < G; ++g) {
+          Reg acc = zero();
+          for (int64_t d = 0; d < D; d += kLanes) acc = fma(load(q + g * D + d), widen(key + d), acc);
+          scores[g * total + col] = sum(acc) * scale;
+        }
       }
     }
   }
@@ -57,18 +68,65 @@ void attend_head(const float* q, int64_t G, int64_t D, float scale, const Segmen
     const float inv = total ? 1.0f / denom : 0.0f;
     for (int64_t j = 0; j < total; ++j) row[j] *= inv;
   }
-  std::fill(out, out + G * D, 0.0f);
-  col = 0;
-  for (int s = 0; s < num_segments; ++s) {
-    const Segment<T>& seg = segments[s];
-    for (int64_t j = 0; j < seg.length; ++j, ++col) {
-      const T* value = seg.v + j * seg.v_step;
-      for (int64_t g = 0; g < G; ++g) {
-        const Reg p = broadcast(scores[g * total + col]);
-        for (int64_t d = 0; d < D; d += kLanes)
-          store(out + g * D + d, fma(p, widen(value + d), load(out + g * D + d)));
+}
+
+// out (G, D) = probabilities (scores) applied to the values; with GQ > 0, each value chunk is
+// widened once for all G rows and the outputs stay in registers.
+template <int GQ, typename T>
+void weighted_values(const float* scores, int64_t G_, int64_t D, const Segment<T>* segments,
+                     int num_segments, int64_t total, float* out) {
+  const int64_t G = GQ ? GQ : G_;
+  if constexpr (GQ > 0) {
+    for (int64_t d = 0; d < D; d += kLanes) {
+      Reg o[GQ];
+      for (int g = 0; g < GQ; ++g) o[g] = zero();
+      int64_t col = 0;
+      for (int s = 0; s < num_segments; ++s) {
+        const Segment<T>& seg = segments[s];
+        for (int64_t j = 0; j < seg.length; ++j, ++col) {
+          const Reg vv = widen(seg.v + j * seg.v_step + d);
+          for (int g = 0; g < GQ; ++g) o[g] = fma(broadcast(scores[g * total + col]), vv, o[g]);
+        }
+      }
+      for (int g = 0; g < GQ; ++g) store(out + g * D + d, o[g]);
+    }
+  } else {
+    std::fill(out, out + G * D, 0.0f);
+    int64_t col = 0;
+    for (int s = 0; s < num_segments; ++s) {
+      const Segment<T>& seg = segments[s];
+      for (int64_t j = 0; j < seg.length; ++j, ++col) {
+        const T* value = seg.v + j * seg.v_step;
+        for (int64_t g = 0; g < G; ++g) {
+          const Reg p = broadcast(scores[g * total + col]);
+          for (int64_t d = 0; d < D; d += kLanes)
+            store(out + g * D + d, fma(p, widen(value + d), load(out + g * D + d)));
+        }
       }
     }
+  }
+}
+
+// out[g] = softmax over every key of the segments of (q[g] . key) * scale, applied to the values;
+// q (G, D) fp32, out (G, D) fp32; scores is G * (total keys) scratch.
+template <typename T>
+void attend_head(const float* q, int64_t G, int64_t D, float scale, const Segment<T>* segments,
+                 int num_segments, float* scores, float* out) {
+  int64_t total = 0;
+  for (int s = 0; s < num_segments; ++s) total += segments[s].length;
+  auto run = [&](auto gq) {
+    constexpr int GQ = decltype(gq)::value;
+    softmax_scores<GQ>(q, G, D, scale, segments, num_segments, total, scores);
+    weighted_values<GQ>(scores, G, D, segments, num_segments, total, out);
+  };
+  switch (G) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 6: run(std::integral_constant<int, 6>{}); break;
+    case 8: run(std::integral_constant<int, 8>{}); break;
+    default: run(std::integral_constant<int, 0>{}); break;
   }
 }
 
