@@ -43,11 +43,21 @@ def kernel_fits(linear: nn.Linear) -> bool:
     return linear.weight.shape[1] % 16 == 0
 
 
+# The norm and RoPE kernels are scalar loops, made for decode steps' few rows; PyTorch's own
+# vectorised kernels win on prefill and scoring (thousands of rows).
+SMALL_KERNEL_MAX_ROWS = 64
+
+
+def _leave_to_pytorch(x: torch.Tensor, row_size: int) -> bool:
+    """Under torch.compile (Inductor fuses these ops itself) or beyond the decode-sized rows."""
+    return torch.compiler.is_compiling() or x.numel() > SMALL_KERNEL_MAX_ROWS * row_size
+
+
 class KernelRMSNorm(nn.Module):
     """An engine model's RMSNorm through `quietstar_cpu::rms_norm` (one call where eager PyTorch
     makes five, about 20 us at one row here), with HF's numerics: normalise in fp32, round to the
-    input's dtype, then scale. Under torch.compile it leaves the formula to Inductor, which fuses
-    it with its neighbours."""
+    input's dtype, then scale. Under torch.compile, or on more than SMALL_KERNEL_MAX_ROWS rows, it
+    leaves the formula to PyTorch."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
@@ -55,17 +65,18 @@ class KernelRMSNorm(nn.Module):
         self.reference = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or x.dtype != self.weight.dtype:
+        if _leave_to_pytorch(x, x.shape[-1]) or x.dtype != self.weight.dtype:
             return self.reference(x)
         return torch.ops.quietstar_cpu.rms_norm(x, self.weight, self.eps)
 
 
 def kernel_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`quietstar.llama.apply_rope` through `quietstar_cpu::rope` (one call where eager PyTorch
-    makes eight; bit-equal in bf16), outside torch.compile, which fuses the formula itself."""
+    makes eight; bit-equal in bf16) on up to SMALL_KERNEL_MAX_ROWS rows, outside torch.compile,
+    which fuses the formula itself."""
     from ..llama import apply_rope
 
-    if torch.compiler.is_compiling() or cos.dtype != x.dtype:
+    if _leave_to_pytorch(x, x.shape[-1] * x.shape[-2]) or cos.dtype != x.dtype:
         return apply_rope(x, cos, sin)
     return torch.ops.quietstar_cpu.rope(x, cos, sin)
 
