@@ -1,80 +1,135 @@
-"""Per-kernel times of one linear layer of the default model's shapes, unquantised and quantised:
-`python -m benchmarks.quant_kernels`. Explains the whole-model figures of `bench engine
---compare-quantize`: which kernel wins at 1 row (decode of one stream) and at 8 rows (8 streams).
+"""Decode linears, kernel by kernel: `python -m benchmarks.quant_kernels`.
 
-Minimum over repeats (the least disturbed run on a shared machine), microseconds.
+Times every linear of the default model's shapes (SmolLM2-135M: 30 layers of fused q/k/v, o,
+fused gate/up and down, plus the LM head) at a few rows, for each way the engine can run them:
+PyTorch's (oneDNN pre-packed or plain bf16, `aten._weight_int8pack_mm`, the int4 kernel) and
+quietstar's own CPU kernels (`quietstar.kernels`). By default each call reads a different
+layer's weights, as a decode step does, so weights come from DRAM, not from cache; `--hot` times
+one layer of each shape again and again instead (weights cached: the kernels' compute, not the
+memory traffic). Minimum over repeats (the least disturbed run on a shared machine), in ms per
+whole model (default) or µs per layer (--hot).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from quietstar.dtypes import cpu_flags
+from quietstar.kernels import capability, cpu_ops
 from quietstar.packed import PackedLinear
-from quietstar.quant import Int4Linear, Int8Linear
+from quietstar.quant import Int4Linear, Int8Linear, quantize_int8
 
 SHAPES = {  # name: (out_features, in_features) of SmolLM2-135M's fused layers
     "qkv": (960, 576),
     "o": (576, 576),
     "gate_up": (3072, 576),
     "down": (576, 1536),
-    "lm_head": (49152, 576),
 }
+LM_HEAD = (49152, 576)
+LAYERS = 30
 
 
-def best_us(fn, repeats: int) -> float:
-    for _ in range(3):
+def best(fn, repeats: int) -> float:
+    for _ in range(2):
         fn()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e6
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
-def layers(weight: torch.Tensor) -> dict[str, torch.nn.Module]:
-    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+def variants(weight: torch.Tensor) -> dict[str, tuple[str, object]]:
+    """name -> (activation dtype, callable x -> y) for one weight."""
     bf16 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.bfloat16)
     bf16.weight = torch.nn.Parameter(weight.bfloat16(), requires_grad=False)
+    fp32 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    fp32.weight = torch.nn.Parameter(weight, requires_grad=False)
+    q, scales = quantize_int8(weight)
+    scales_bf16 = scales.bfloat16()
+    out = {"fp32 (oneDNN packed)": ("fp32", PackedLinear(fp32))}
     try:
-        packed = PackedLinear(bf16)
-    except RuntimeError:  # no oneDNN bf16 packing on AVX2: the plain layer, as the engine does
-        packed = bf16
-    return {
-        "fp32": linear,
-        "bf16 (packed)": packed,
-        "int8": Int8Linear(weight, None, torch.bfloat16),
-        "int4 g32": Int4Linear(weight, None, torch.bfloat16, 32),
-        "int4 g64": Int4Linear(weight, None, torch.bfloat16, 64),
-    }
+        out["bf16 (oneDNN packed)"] = ("bf16", PackedLinear(bf16))
+    except RuntimeError:  # no oneDNN bf16 packing on this CPU class
+        pass
+    w = bf16.weight
+    out["bf16 (F.linear)"] = ("bf16", lambda x: F.linear(x, w))
+    out["int8 (aten)"] = ("bf16", lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scales_bf16))
+    out["int4 g32 (aten)"] = ("bf16", Int4Linear(weight, None, torch.bfloat16, 32))
+    if cpu_ops() is not None:
+        ops = torch.ops.quietstar_cpu
+        out["bf16 (quietstar)"] = ("bf16", lambda x: ops.linear_bf16(x, w, None))
+        out["int8 (quietstar)"] = ("bf16", Int8Linear(weight, None, torch.bfloat16))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quant_kernels", description=__doc__)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--rows", default="1,8", help="comma-separated row counts (M)")
-    p.add_argument("--repeats", type=int, default=30, help="timed calls per kernel")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--rows", default="1,8,16", help="comma-separated row counts (M)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per kernel and row count")
+    p.add_argument("--hot", action="store_true", help="one layer per shape, weights in cache")
+    p.add_argument("--out", default="runs/bench/decode_linears.json", help="JSON output")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} thread(s)")
-    print("| layer | rows | " + " | ".join(layers(torch.zeros(16, 64))) + " |")
-    print("|---|---|" + "---|" * 5)
     torch.manual_seed(0)
+    shapes = dict(SHAPES, lm_head=LM_HEAD)
+    copies = 1 if args.hot else LAYERS
+    layers = {  # shape -> one variants() dict per layer copy (the LM head: one)
+        name: [
+            variants(torch.randn(n, k) * 0.02) for _ in range(1 if name == "lm_head" else copies)
+        ]
+        for name, (n, k) in shapes.items()
+    }
+    names = list(layers["qkv"][0])
+    rows_list = [int(r) for r in args.rows.split(",")]
+    results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        for name, (n, k) in SHAPES.items():
-            mods = layers(torch.randn(n, k) * 0.02)
-            for m in (int(r) for r in args.rows.split(",")):
-                x = torch.randn(m, k)
-                xb = x.bfloat16()
-                times = [
-                    best_us(lambda: mod(x if key == "fp32" else xb), args.repeats)  # noqa: B023
-                    for key, mod in mods.items()
-                ]
-                print(f"| {name} | {m} | " + " | ".join(f"{t:.0f}" for t in times) + " |")
+        for m in rows_list:
+            xs = {k: torch.randn(m, k) for k in {k for _, k in shapes.values()}}
+            for name in names:
+                if args.hot:
+                    for shape, copies_ in layers.items():
+                        dtype, fn = copies_[0][name]
+                        x = xs[shapes[shape][1]]
+                        x = x if dtype == "fp32" else x.bfloat16()
+                        t = best(lambda fn=fn, x=x: fn(x), args.repeats * 10)
+                        results.setdefault(f"{shape} M={m}", {})[name] = t * 1e6
+                    continue
+                calls = []
+                for shape, copies_ in layers.items():
+                    for layer in copies_:
+                        dtype, fn = layer[name]
+                        x = xs[shapes[shape][1]]
+                        calls.append((fn, x if dtype == "fp32" else x.bfloat16()))
+
+                def model(calls=calls):
+                    for fn, x in calls:
+                        fn(x)
+
+                results.setdefault(f"model M={m}", {})[name] = best(model, args.repeats) * 1e3
+    unit = "µs per layer" if args.hot else "ms per model (30 layers + LM head)"
+    header = (
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()} (kernels: {capability()}), "
+        f"flags: {cpu_flags()}, {args.threads} thread(s), {unit}"
+    )
+    lines = [header, "", "| case | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for case, row in results.items():
+        lines.append(
+            f"| {case} | " + " | ".join(f"{row.get(n, float('nan')):.2f}" for n in names) + " |"
+        )
+    print("\n".join(lines))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"header": header, "unit": unit, "results": results}, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -72,40 +72,47 @@ inline __m512bh bf16_pairs(const int8_t* p) {
   return _mm512_cvtne2ps_pbh(hi, lo);  // columns 0..15 from lo, 16..31 from hi
 }
 
-// dot_tile for bf16 activations `x` (MB rows of K bf16 bits), K a multiple of 32.
-template <int MB, typename T>
+// dot_tile for bf16 activations `x` (MB rows of K bf16 bits) and NB weight rows, K a multiple
+// of 32; sums[i * kBlockN + j]. int8 weights take NB = 2 and MB up to 8, so that each widening
+// serves eight rows.
+template <int MB, int NB, typename T>
 inline void dot_tile_bf16(const T* const* rows, const uint16_t* x, int64_t K, float* sums) {
-  __m512 acc[MB][kBlockN];
+  __m512 acc[MB][NB];
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < kBlockN; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 32) {
-    __m512bh w[kBlockN];
-    for (int j = 0; j < kBlockN; ++j) {
+    __m512bh w[NB];
+    for (int j = 0; j < NB; ++j) {
       prefetch(rows[j] + kAhead * K + k);
       w[j] = bf16_pairs(rows[j] + k);
     }
     for (int i = 0; i < MB; ++i) {
       const __m512bh xv = bf16_pairs(x + i * K + k);
-      for (int j = 0; j < kBlockN; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, w[j]);
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, w[j]);
     }
   }
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < kBlockN; ++j) sums[i * kBlockN + j] = _mm512_reduce_add_ps(acc[i][j]);
+    for (int j = 0; j < NB; ++j) sums[i * kBlockN + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 constexpr bool kBf16DotProducts = true;
 #else
-template <int MB, typename T>
+template <int MB, int NB, typename T>
 inline void dot_tile_bf16(const T* const*, const uint16_t*, int64_t, float*) {}
 constexpr bool kBf16DotProducts = false;
 #endif
 
-// Every row of x (M of them) in tiles of up to kBlockM rows: tile(rows, m0), where `rows` is a
-// std::integral_constant so that the tile size reaches the kernels as a template argument.
-template <typename Tile>
+// Every row of x (M of them) in tiles of up to Max (4 or 8) rows: tile(rows, m0), where `rows`
+// is a std::integral_constant so that the tile size reaches the kernels as a template argument.
+template <int Max = kBlockM, typename Tile>
 inline void for_row_tiles(int64_t M, Tile tile) {
+  static_assert(Max == 4 || Max == 8, "tiles of 4 or 8 rows");
   int64_t m0 = 0;
-  for (; m0 + kBlockM <= M; m0 += kBlockM) tile(std::integral_constant<int, kBlockM>{}, m0);
+  for (; m0 + Max <= M; m0 += Max) tile(std::integral_constant<int, Max>{}, m0);
   switch (M - m0) {
+    case 7: if constexpr (Max > 7) tile(std::integral_constant<int, 7>{}, m0); break;
+    case 6: if constexpr (Max > 6) tile(std::integral_constant<int, 6>{}, m0); break;
+    case 5: if constexpr (Max > 5) tile(std::integral_constant<int, 5>{}, m0); break;
+    case 4: if constexpr (Max > 4) tile(std::integral_constant<int, 4>{}, m0); break;
     case 3: tile(std::integral_constant<int, 3>{}, m0); break;
     case 2: tile(std::integral_constant<int, 2>{}, m0); break;
     case 1: tile(std::integral_constant<int, 1>{}, m0); break;
@@ -202,12 +209,20 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   auto block = [&](int64_t n0, float* sums) {
     const T* rows[kBlockN];
     for (int j = 0; j < kBlockN; ++j) rows[j] = block_row(wp, n0, j, N, K);
-    for_row_tiles(M, [&](auto mb, int64_t m0) {
-      if (bf16_dots)
-        dot_tile_bf16<decltype(mb)::value>(rows, xb + m0 * K, K, sums + m0 * kBlockN);
-      else
-        dot_tile<decltype(mb)::value>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
-    });
+    if (bf16_dots && std::is_same_v<T, int8_t>) {
+      for (int half = 0; half < kBlockN; half += 2)
+        for_row_tiles<8>(M, [&](auto mb, int64_t m0) {
+          dot_tile_bf16<decltype(mb)::value, 2>(rows + half, xb + m0 * K, K,
+                                                sums + m0 * kBlockN + half);
+        });
+    } else {
+      for_row_tiles(M, [&](auto mb, int64_t m0) {
+        if (bf16_dots)
+          dot_tile_bf16<decltype(mb)::value, kBlockN>(rows, xb + m0 * K, K, sums + m0 * kBlockN);
+        else
+          dot_tile<decltype(mb)::value>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
+      });
+    }
     if (scales)
       for (int64_t m = 0; m < M; ++m)
         for (int j = 0; j < kBlockN; ++j)

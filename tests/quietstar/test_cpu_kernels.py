@@ -53,7 +53,7 @@ def test_bf16_weights_match_float64(ops, rows, act, K):
     assert ((got.double() - want).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("rows", [1, 4, 6])
+@pytest.mark.parametrize("rows", [1, 4, 6, 11])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
 def test_int8_weights_match_dequantised_float64(ops, rows, act):
     g = torch.Generator().manual_seed(10 + rows)
