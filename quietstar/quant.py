@@ -1,8 +1,10 @@
 """Weight-only quantisation of the backbone's linear layers (int8 per output channel, int4 grouped).
 
-Activations stay in the compute dtype; the matmuls are PyTorch's own weight-only kernels
-(`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm[_for_cpu]`, the ones gpt-fast and torchao
-call). The mixing head and the start/end vectors stay fp32 (they are tiny and feed the mixing
+Activations stay in the compute dtype. int8 matmuls run quietstar's CPU kernel where it builds
+(`quietstar.kernels`: it streams the weights at about 1.2x the speed of PyTorch's at one row, and
+takes fp32 activations without a scalar path), else PyTorch's `aten._weight_int8pack_mm`; int4
+ones run PyTorch's tinygemm-layout kernels (`aten._weight_int4pack_mm[_for_cpu]`, the ones
+gpt-fast and torchao call). The mixing head and the start/end vectors stay fp32 (they are tiny and feed the mixing
 weight w directly); the embedding table stays in the compute dtype (a lookup reads one row). The
 LM head is int8 in both modes: an int4 head cost the default model 0.035 nats of held-out NLL for
 6 % of batch-1 speed (benchmarks/RESULTS.md), and the GGUF it ships as keeps it at 8 bits too.
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .kernels.modules import use_kernel_layers
@@ -23,6 +26,10 @@ from .kernels.modules import use_kernel_layers
 log = logging.getLogger(__name__)
 
 QUANT_MODES = ("int8", "int4")
+# Beyond this many rows (prefill, scoring) an int8 layer on CPU widens its weight to the
+# activations' dtype and runs a GEMM: 1.3-1.8x faster than the row kernel at 64-200 rows, slower
+# below ~40 (benchmarks/RESULTS.md, "Own CPU kernels").
+INT8_KERNEL_MAX_ROWS = 32
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what both int4 kernels accept
 
 
@@ -98,10 +105,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.use_kernel:
+        if self.use_kernel and flat.shape[0] <= INT8_KERNEL_MAX_ROWS:
             out = torch.ops.quietstar_cpu.linear_int8(
                 flat, self.weight, self.scales_fp32, self.bias
             )
+        elif self.use_kernel:  # prefill, scoring: the weight widened once, then a GEMM
+            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales.to(flat.dtype)
+            if self.bias is not None:
+                out = out + self.bias
         else:
             out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
             if self.bias is not None:

@@ -277,3 +277,16 @@ def test_rope_kernel_matches_apply_rope_on_a_strided_view(ops, dtype):
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="cos/sin of x's dtype and shape"):
         ops.rope(x, cos[:, :1], sin[:, :1])
+
+
+def test_int8_layer_beyond_its_row_limit_matches_its_kernel(ops):
+    from quietstar.quant import INT8_KERNEL_MAX_ROWS
+
+    g = torch.Generator().manual_seed(17)
+    layer = Int8Linear(
+        torch.randn(24, 64, generator=g), torch.randn(24, generator=g), torch.float32
+    )
+    x = torch.randn(INT8_KERNEL_MAX_ROWS + 8, 64, generator=g)
+    whole = layer(x)  # the widened weight and a GEMM
+    by_row = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])  # the kernel
+    assert torch.allclose(whole, by_row, rtol=1e-5, atol=1e-5)
