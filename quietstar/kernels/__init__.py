@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -68,6 +69,7 @@ def cpu_ops():
     name = build_name(cap)
     build_dir = quietstar_home() / "kernels" / name
     build_dir.mkdir(parents=True, exist_ok=True)
+    _drop_stale_lock(build_dir / "lock")
     if not (build_dir / f"{name}.so").exists():
         log.info("building quietstar CPU kernels for %s into %s (once, ~15 s)", cap, build_dir)
     try:
@@ -91,6 +93,22 @@ def cpu_ops():
     _register_fakes()
     log.info("quietstar CPU kernels loaded (%s build)", cap)
     return torch.ops.quietstar_cpu
+
+
+STALE_LOCK_SECONDS = 300  # a build takes ~15 s; a lock this old was left by a killed one
+
+
+def _drop_stale_lock(lock: Path) -> None:
+    """PyTorch's builder holds `lock` while one process builds and makes the others wait for it
+    to go; a build killed midway (Ctrl-C on the first start) leaves it behind, and every later
+    start would wait forever."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_SECONDS:
+        log.warning("removing %s, left %.0f s ago by an interrupted kernel build", lock, age)
+        lock.unlink(missing_ok=True)
 
 
 def _register_fakes() -> None:

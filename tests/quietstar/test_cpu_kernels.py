@@ -290,3 +290,20 @@ def test_int8_layer_beyond_its_row_limit_matches_its_kernel(ops):
     whole = layer(x)  # the widened weight and a GEMM
     by_row = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])  # the kernel
     assert torch.allclose(whole, by_row, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(tmp_path):
+    import os
+    import time
+
+    from quietstar.kernels import STALE_LOCK_SECONDS, _drop_stale_lock
+
+    stale, fresh = tmp_path / "stale", tmp_path / "fresh"
+    stale.write_text("")
+    fresh.write_text("")
+    old = time.time() - STALE_LOCK_SECONDS - 10
+    os.utime(stale, (old, old))
+    _drop_stale_lock(stale)
+    _drop_stale_lock(fresh)  # another process may be building right now
+    _drop_stale_lock(tmp_path / "absent")
+    assert not stale.exists() and fresh.exists()
