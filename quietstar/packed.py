@@ -100,9 +100,11 @@ def pack_linears(module: nn.Module) -> int:
 
 def _use_rows_kernel(linears) -> bool:
     from .kernels import cpu_ops
-    from .kernels.modules import Bf16RowsLinear, kernel_fits
+    from .kernels.modules import Bf16RowsLinear, kernel_fits, kernel_max_rows
 
-    if cpu_ops() is None or not all(kernel_fits(lin) for _, _, lin in linears):
+    if cpu_ops() is None or not kernel_max_rows():
+        return False
+    if not all(kernel_fits(lin) for _, _, lin in linears):
         return False
     for parent, name, lin in linears:
         setattr(parent, name, Bf16RowsLinear(lin))

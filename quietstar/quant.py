@@ -21,15 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.modules import use_kernel_layers
+from .kernels.modules import kernel_max_rows, use_kernel_layers
 
 log = logging.getLogger(__name__)
 
 QUANT_MODES = ("int8", "int4")
-# Beyond this many rows (prefill, scoring) an int8 layer on CPU widens its weight to the
-# activations' dtype and runs a GEMM: 1.3-1.8x faster than the row kernel at 64-200 rows, slower
-# below ~40 (benchmarks/RESULTS.md, "Own CPU kernels").
-INT8_KERNEL_MAX_ROWS = 32
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what both int4 kernels accept
 
 
@@ -102,14 +98,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales_fp32", scales)  # what quietstar's kernel takes
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         self.use_kernel = _cpu_kernels(weight, self.in_features)
+        # rows through the kernel per activation dtype; beyond, the weight is widened once and
+        # multiplied by a GEMM (prefill, scoring)
+        self.max_rows = {dt: kernel_max_rows(dt) for dt in (torch.bfloat16, torch.float32)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.use_kernel and flat.shape[0] <= INT8_KERNEL_MAX_ROWS:
+        if self.use_kernel and flat.shape[0] <= self.max_rows.get(flat.dtype, 0):
             out = torch.ops.quietstar_cpu.linear_int8(
                 flat, self.weight, self.scales_fp32, self.bias
             )
-        elif self.use_kernel:  # prefill, scoring: the weight widened once, then a GEMM
+        elif self.use_kernel:
             out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales.to(flat.dtype)
             if self.bias is not None:
                 out = out + self.bias
@@ -129,7 +128,7 @@ def _cpu_kernels(weight: torch.Tensor, in_features: int) -> bool:
         return False
     from .kernels import cpu_ops
 
-    return cpu_ops() is not None
+    return cpu_ops() is not None and kernel_max_rows() > 0
 
 
 class Int4Linear(nn.Module):

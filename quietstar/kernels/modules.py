@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def kernel_max_rows() -> int:
-    """Up to this many rows the bf16 kernel is faster than F.linear on the same weight (measured
-    in benchmarks/RESULTS.md, "Decode linears"), so larger calls (prefill, scoring, wide thought
-    batches) take F.linear: 32 with AVX512-BF16 dot products, 8 with fp32 FMAs."""
+def kernel_max_rows(activations: torch.dtype = torch.bfloat16) -> int:
+    """How many rows a layer sends through the linear kernels; more take a GEMM (F.linear on the
+    weight, or on the int8 weight widened once), whichever measured faster (benchmarks/RESULTS.md,
+    "Own CPU kernels"). fp32 activations, and bf16 ones with native bf16 (AVX512-BF16): the GEMM
+    beyond 32 rows. bf16 where bf16 GEMMs are emulated (AVX-512 without BF16, AVX2): the kernel
+    stays ahead at every size measured (3.2x at 32 rows on the AVX2 class), so it takes them all.
+    The portable scalar build: 0, the layers keep PyTorch's kernels."""
     from . import capability
 
-    return 32 if capability() == "AVX512_BF16" else 8
+    cap = capability()
+    if cap not in ("AVX512_BF16", "AVX512", "AVX2"):
+        return 0
+    return 32 if activations == torch.float32 or cap == "AVX512_BF16" else sys.maxsize
 
 
 class Bf16RowsLinear(nn.Module):
