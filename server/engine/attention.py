@@ -11,6 +11,7 @@ G = H / KVH, D head dim, P prefix keys, T thought keys, K thoughts per slot.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -79,47 +80,67 @@ class DecodeBatch:
 class DecodeAttention:
     def __init__(self, cache: KVCache, batch: DecodeBatch):
         self.cache, self.b = cache, batch
-        dev = batch.prefix_len.device
-        self.prefix_mask = torch.arange(batch.max_prefix, device=dev) < batch.prefix_len[:, None]
-        self.thought_mask = (
-            torch.arange(max(batch.max_thought, 1), device=dev) < batch.thought_len[:, None]
-        )
-        self.thinks = batch.thought_len > 0  # (num_slots,)
         self.biases: dict[str, torch.Tensor] = {}  # additive masks, built once per step
-        self.row_info: torch.Tensor | None = None  # the CPU kernel's, built on its first layer
-        if batch.max_thought:
-            self.joint_mask = torch.cat((self.prefix_mask, self.thought_mask), dim=1)
-        # Where each row's K/V goes, as row indices into the caches flattened to (-1, D): one
-        # index_copy_ per cache and layer instead of a four-index scatter.
-        _, kvh, max_len, _ = cache.k.shape[1:]
-        heads = torch.arange(kvh, device=dev)
-        self.base_dest = (
-            (batch.base_slots[:, None] * kvh + heads) * max_len + batch.base_pos[:, None]
-        ).flatten()
-        max_k, t_len = cache.tk.shape[2], cache.tk.shape[4]
-        self.thought_dest = (
-            ((batch.thought_slots[:, None] * max_k + batch.thought_index[:, None]) * kvh + heads)
-            * t_len
-            + batch.thought_steps[:, None]
-        ).flatten()
+        self.use_kernel: bool | None = None  # quietstar's CPU kernel; decided on the first layer
+
+    # What only the PyTorch (SDPA) paths read: built on first use, once per step.
+
+    @functools.cached_property
+    def prefix_mask(self) -> torch.Tensor:
+        b = self.b
+        return torch.arange(b.max_prefix, device=b.prefix_len.device) < b.prefix_len[:, None]
+
+    @functools.cached_property
+    def thought_mask(self) -> torch.Tensor:
+        b = self.b
+        steps = torch.arange(max(b.max_thought, 1), device=b.thought_len.device)
+        return steps < b.thought_len[:, None]
+
+    @functools.cached_property
+    def thinks(self) -> torch.Tensor:
+        return self.b.thought_len > 0  # (num_slots,)
+
+    @functools.cached_property
+    def joint_mask(self) -> torch.Tensor:
+        return torch.cat((self.prefix_mask, self.thought_mask), dim=1)
+
+    @functools.cached_property
+    def destinations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each base and thought row's K/V goes, as row indices into the caches flattened
+        to (-1, D): one index_copy_ per cache and layer instead of a four-index scatter."""
+        b, c = self.b, self.cache
+        _, kvh, max_len, _ = c.k.shape[1:]
+        heads = torch.arange(kvh, device=b.prefix_len.device)
+        base = (b.base_slots[:, None] * kvh + heads) * max_len + b.base_pos[:, None]
+        max_k, t_len = c.tk.shape[2], c.tk.shape[4]
+        slot_col = b.thought_slots[:, None] * max_k + b.thought_index[:, None]
+        thought = ((slot_col * kvh + heads) * t_len) + b.thought_steps[:, None]
+        return base.flatten(), thought.flatten()
+
+    @functools.cached_property
+    def row_info(self) -> torch.Tensor:
+        return _row_info(self.b)
 
     def _write(self, layer: int, k, v) -> None:
         b, c = self.b, self.cache
         D = k.shape[-1]
+        base_dest, thought_dest = self.destinations
         if len(b.base_rows):
             rows = k if b.all_base else k[b.base_rows]
-            c.k[layer].view(-1, D).index_copy_(0, self.base_dest, rows.reshape(-1, D))
+            c.k[layer].view(-1, D).index_copy_(0, base_dest, rows.reshape(-1, D))
             rows = v if b.all_base else v[b.base_rows]
-            c.v[layer].view(-1, D).index_copy_(0, self.base_dest, rows.reshape(-1, D))
+            c.v[layer].view(-1, D).index_copy_(0, base_dest, rows.reshape(-1, D))
         if len(b.thought_rows):
             k_rows, v_rows = k[b.thought_rows].reshape(-1, D), v[b.thought_rows].reshape(-1, D)
-            c.tk[layer].view(-1, D).index_copy_(0, self.thought_dest, k_rows)
-            c.tv[layer].view(-1, D).index_copy_(0, self.thought_dest, v_rows)
+            c.tk[layer].view(-1, D).index_copy_(0, thought_dest, k_rows)
+            c.tv[layer].view(-1, D).index_copy_(0, thought_dest, v_rows)
 
     def attend(self, layer: int, q, k, v):
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
-        if _cpu_kernel_fits(q):
+        if self.use_kernel is None:
+            self.use_kernel = _cpu_kernel_fits(q)
+        if self.use_kernel:
             return self._kernel(layer, q, k, v)  # it writes K/V itself
         self._write(layer, k, v)
         if b.R == 1 and len(q) == b.num_slots:  # one row per slot: a plain SDPA call
@@ -185,8 +206,6 @@ class DecodeAttention:
         """Every row through quietstar's CPU kernel, which writes the rows' K/V and then reads each
         row's prefix and thought branch in place, up to its own lengths."""
         c = self.cache
-        if self.row_info is None:
-            self.row_info = _row_info(self.b)
         thoughts = (c.tk[layer], c.tv[layer]) if self.b.max_thought else (None, None)
         N, H, D = q.shape
         kvh = k.shape[1]
