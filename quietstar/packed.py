@@ -99,12 +99,9 @@ def pack_linears(module: nn.Module) -> int:
 
 
 def _use_rows_kernel(linears) -> bool:
-    from .kernels import cpu_ops
-    from .kernels.modules import Bf16RowsLinear, kernel_fits, kernel_max_rows
+    from .kernels.modules import Bf16RowsLinear, linear_kernels_serve
 
-    if cpu_ops() is None or not kernel_max_rows():
-        return False
-    if not all(kernel_fits(lin) for _, _, lin in linears):
+    if not all(linear_kernels_serve(lin.weight) for _, _, lin in linears):
         return False
     for parent, name, lin in linears:
         setattr(parent, name, Bf16RowsLinear(lin))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.modules import kernel_max_rows, use_kernel_layers
+from .kernels.modules import kernel_max_rows, linear_kernels_serve, use_kernel_layers
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(dtype))  # (N,), what the aten kernel takes
         self.register_buffer("scales_fp32", scales)  # what quietstar's kernel takes
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.use_kernel = _cpu_kernels(weight, self.in_features)
+        self.use_kernel = linear_kernels_serve(weight)
         # rows through the kernel per activation dtype; beyond, the weight is widened once and
         # multiplied by a GEMM (prefill, scoring)
         self.max_rows = {dt: kernel_max_rows(dt) for dt in (torch.bfloat16, torch.float32)}
@@ -120,15 +120,6 @@ class Int8Linear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         return dequantize_int8(self.weight, self.scales)
-
-
-def _cpu_kernels(weight: torch.Tensor, in_features: int) -> bool:
-    """Whether quietstar's CPU kernels serve this layer: on the CPU, built, and a shape they take."""
-    if weight.device.type != "cpu" or in_features % 16:
-        return False
-    from .kernels import cpu_ops
-
-    return cpu_ops() is not None and kernel_max_rows() > 0
 
 
 class Int4Linear(nn.Module):
@@ -217,28 +208,26 @@ def quantize_model(model, spec: QuantSpec) -> None:
     dtype = model.dtype
     if spec.mode == "int4":
         check_int4_kernel(model.device, dtype)  # refuse before changing anything
-    if model.device.type == "cpu" and dtype == torch.float32 and not _fast_fp32(spec):
-        # measured (torch 2.13, 3072x576): 1.2 ms at 1 row vs 0.05 ms with bf16 activations
-        log.warning(
-            "%s with float32 activations runs PyTorch's scalar CPU path (10-100x slower than "
-            "bfloat16 activations); use dtype bfloat16 for speed",
-            spec,
-        )
     for layer in backbone.layers:
         layer.self_attn.fuse()
         layer.mlp.fuse()
     count = _replace_linears(backbone, spec, dtype)
+    on_pytorch = [
+        m for m in quantized_linears(model).values() if not getattr(m, "use_kernel", False)
+    ]
+    if model.device.type == "cpu" and dtype == torch.float32 and on_pytorch:
+        # measured (torch 2.13, 3072x576): 1.2 ms at 1 row vs 0.05 ms with bf16 activations
+        log.warning(
+            "%s with float32 activations runs PyTorch's scalar CPU path in %d of %d layers "
+            "(10-100x slower than bfloat16 activations); use dtype bfloat16 for speed",
+            spec,
+            len(on_pytorch),
+            count,
+        )
     use_kernel_layers(backbone)
     backbone.is_fused = True
     model.quantization = spec
     log.info("quantised %d linears to %s in %.1f s", count, spec, time.perf_counter() - start)
-
-
-def _fast_fp32(spec: QuantSpec) -> bool:
-    """Whether fp32 activations have a vectorised kernel: quietstar's int8 one, where it builds."""
-    from .kernels import cpu_ops
-
-    return spec.mode == "int8" and cpu_ops() is not None
 
 
 def _replace_linears(module: nn.Module, spec: QuantSpec, dtype: torch.dtype) -> int:

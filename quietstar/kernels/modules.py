@@ -46,9 +46,13 @@ class Bf16RowsLinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-def kernel_fits(linear: nn.Linear) -> bool:
-    """The kernel's shape rule: input features a multiple of 16."""
-    return linear.weight.shape[1] % 16 == 0
+def linear_kernels_serve(weight: torch.Tensor) -> bool:
+    """Whether quietstar's linear kernels take a layer with this weight (N, K): on the CPU, built
+    here, a build that runs linears (`kernel_max_rows() > 0`), and K a multiple of 16."""
+    from . import cpu_ops
+
+    cpu, fits = weight.device.type == "cpu", weight.shape[1] % 16 == 0
+    return cpu and fits and kernel_max_rows() > 0 and cpu_ops() is not None
 
 
 # The norm and RoPE kernels are scalar loops, made for decode steps' few rows; PyTorch's own

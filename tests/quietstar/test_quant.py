@@ -219,3 +219,29 @@ def test_bench_variant_names():
     for bad in ("int3", "int8@float16"):
         with pytest.raises(ValueError, match="unknown variant"):
             parse_variant(bad)
+
+
+@pytest.mark.parametrize(
+    "mode, kernels, warned",
+    [("int8", "on", False), ("int8", "off", True), ("int4", "on", True)],
+)
+def test_float32_activations_warn_where_a_layer_takes_the_scalar_path(
+    monkeypatch, caplog, mode, kernels, warned
+):
+    import logging
+
+    from quietstar import kernels as qk
+
+    monkeypatch.setenv("QUIETSTAR_CPU_KERNELS", kernels)
+    qk.cpu_ops.cache_clear()
+    if kernels == "on" and mode == "int8":  # the portable build keeps PyTorch's int8 kernel
+        from quietstar.kernels.modules import kernel_max_rows
+
+        warned = qk.cpu_ops() is None or not kernel_max_rows()
+    try:
+        with caplog.at_level(logging.WARNING, logger="quietstar.quant"):
+            quietstar.load(tiny_dir("smollm2"), dtype=torch.float32, quantize=mode)
+    finally:
+        qk.cpu_ops.cache_clear()
+    messages = [r.getMessage() for r in caplog.records if "scalar CPU path" in r.getMessage()]
+    assert bool(messages) == warned
