@@ -29,19 +29,19 @@ from ..env import cpu_kernels_enabled, quietstar_home
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(f) for f in ("cpu_linear.cpp", "cpu_attention.cpp")]
-FLAGS = {  # PyTorch's CPU capability -> the instruction sets the kernels may use
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
-    "AVX512_BF16": [
-        *("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
-        "-mavx512bf16",
-    ],
-    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", *_AVX2]
+FLAGS = {  # the capability -> the instruction sets the kernels may use
+    "AVX512_BF16": [*_AVX512, "-mavx512bf16"],
+    "AVX512": _AVX512,
+    "AVX2": _AVX2,
 }
 
 
+@functools.cache
 def capability() -> str:
     """PyTorch's CPU capability, plus `_BF16` where AVX-512 comes with avx512_bf16 (the linears'
-    bf16 dot-product path)."""
+    bf16 dot-product path). Once per process: every quantised or bf16 layer asks at load."""
     from ..dtypes import cpu_flags
 
     cap = torch.backends.cpu.get_cpu_capability()
@@ -58,8 +58,9 @@ def build_name(cap: str | None = None) -> str:
 
 @functools.cache
 def cpu_ops():
-    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, rope, decode_attention) built for this CPU, or
-    None (logged once with the reason) when they are switched off or cannot be built."""
+    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, rope, decode_attention)
+    built for this CPU, or None (logged once with the reason) when they are switched off or
+    cannot be built."""
     if not cpu_kernels_enabled():
         log.info("quietstar CPU kernels off (QUIETSTAR_CPU_KERNELS=off): PyTorch's kernels only")
         return None
