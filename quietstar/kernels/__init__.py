@@ -1,4 +1,5 @@
-"""quietstar's own CPU kernels (`cpu_linear.cpp`), compiled for this machine on first use.
+"""quietstar's own CPU kernels (`cpu_linear.cpp`, `cpu_attention.cpp`, `cpu_layers.cpp`),
+compiled for this machine on first use.
 
 At one to a few rows, a linear layer is bound by reading its weight, and PyTorch's kernels for
 that case (oneDNN's bf16 GEMM, `aten._weight_int8pack_mm`) reached about half of the memory
@@ -28,7 +29,9 @@ from ..env import cpu_kernels_enabled, quietstar_home
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(f) for f in ("cpu_linear.cpp", "cpu_attention.cpp")]
+SOURCES = [
+    Path(__file__).with_name(f) for f in ("cpu_linear.cpp", "cpu_attention.cpp", "cpu_layers.cpp")
+]
 _AVX2 = ["-mavx2", "-mfma", "-mf16c"]
 _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", *_AVX2]
 FLAGS = {  # the capability -> the instruction sets the kernels may use
@@ -58,7 +61,8 @@ def build_name(cap: str | None = None) -> str:
 
 @functools.cache
 def cpu_ops():
-    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, rope, decode_attention)
+    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, rope, decode_attention,
+    decode_layers)
     built for this CPU, or None (logged once with the reason) when they are switched off or
     cannot be built."""
     if not cpu_kernels_enabled():

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "cpu_vec.h"
 
 namespace {
@@ -201,6 +202,10 @@ void check_cache(const at::Tensor& c, int64_t dims, int64_t kvh_dim, int64_t kvh
               " contiguous values, got ", c10::toString(c.scalar_type()), " ", c.sizes());
 }
 
+}  // namespace
+
+namespace quietstar_cpu {
+
 // q (N, KVH, G, D) and the rows' new keys/values (N, KVH, D); the caches of one layer: k/v
 // (S, KVH, P, D) and, when any row thinks, tk/tv (S, K, KVH, T, D); info as above.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
@@ -260,7 +265,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
   return out.to(dtype);
 }
 
-}  // namespace
+}  // namespace quietstar_cpu
 
 TORCH_LIBRARY_FRAGMENT(quietstar_cpu, m) {
   m.def(
@@ -268,4 +273,4 @@ TORCH_LIBRARY_FRAGMENT(quietstar_cpu, m) {
       "Tensor(c!)? tk, Tensor(d!)? tv, Tensor info, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) { m.impl("decode_attention", &quietstar_cpu::decode_attention); }

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "cpu_vec.h"
 
 namespace {
@@ -236,6 +237,10 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   return y;
 }
 
+}  // namespace
+
+namespace quietstar_cpu {
+
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(w, at::kBFloat16, "linear_bf16");
@@ -339,7 +344,9 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   return y;
 }
 
-}  // namespace
+}  // namespace quietstar_cpu
+
+using namespace quietstar_cpu;
 
 TORCH_LIBRARY(quietstar_cpu, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");

@@ -202,6 +202,16 @@ class DecodeAttention:
         w_p, w_t = (lse_p - lse).exp()[..., None], (lse_t - lse).exp()[..., None]
         return (out_p.float() * w_p + out_t.float() * w_t).to(qt.dtype)
 
+    def kernel_caches(self) -> tuple | None:
+        """What quietstar's fused CPU decode layers read and write (the prefix and, when a row
+        thinks, the thought caches of every layer, and the rows' table), or None where the
+        kernel does not serve this cache."""
+        c = self.cache
+        if not _cpu_kernel_fits(c.k):
+            return None
+        thoughts = (c.tk, c.tv) if self.b.max_thought else (None, None)
+        return (c.k, c.v, *thoughts, self.row_info)
+
     def _kernel(self, layer: int, q, k, v):
         """Every row through quietstar's CPU kernel, which writes the rows' K/V and then reads each
         row's prefix and thought branch in place, up to its own lengths."""
@@ -271,8 +281,8 @@ def _row_info(b: DecodeBatch) -> torch.Tensor:
 
 
 def _cpu_kernel_fits(q: torch.Tensor) -> bool:
-    """Whether quietstar's CPU decode attention serves these queries (CPU, fp32 or bf16, head dim
-    a multiple of 16, and the kernels built here)."""
+    """Whether quietstar's CPU decode attention serves these queries, or this cache (CPU, fp32 or
+    bf16, head dim a multiple of 16, and the kernels built here)."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or q.shape[-1] % 16:
         return False
     from quietstar.kernels import cpu_ops

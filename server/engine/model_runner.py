@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from quietstar import END_THOUGHT, START_THOUGHT, QuietStarModel
+from quietstar.kernels.modules import KernelDecoderLayers
 
 from .attention import DecodeAttention, DecodeBatch, PrefillAttention
 from .kv_cache import KVCache
@@ -166,6 +167,8 @@ class ModelRunner:
         self.device = model.device
         self.buckets = bucket_sizes(cache.max_seqs)
         self.pad = pad or cuda_graphs
+        # every layer of a decode step in one call, where the model runs on quietstar's kernels
+        self.kernel_layers = KernelDecoderLayers.of(model.backbone)
         self.graphs = self.compiled = None
         if compile_sizes:  # row counts to compile the decode network for
             from .compiled import CompiledDecode  # imports torch.compile's machinery: on demand
@@ -223,7 +226,13 @@ class ModelRunner:
         x = self.model.backbone.embed_tokens(ids.clamp(min=0))
         for which in (START_THOUGHT, END_THOUGHT):
             x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
-        return self.model.backbone(x[None], positions[None], attention)[0]
+        backbone = self.model.backbone
+        if self.kernel_layers is not None and self.kernel_layers.serves(x):
+            caches = attention.kernel_caches()
+            if caches is not None:
+                cos, sin = backbone.rotary(positions[None], x.dtype)
+                return backbone.norm(self.kernel_layers(x, cos, sin, *caches))
+        return backbone(x[None], positions[None], attention)[0]
 
     def _padding_step(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, DecodeAttention]:
         """A step of `num_slots` padding rows (they write only the scratch slot): for warming

@@ -1,0 +1,24 @@
+// The ops of quietstar's CPU kernels, callable from C++ without the dispatcher (decode_layers
+// chains them); each is also registered as torch.ops.quietstar_cpu.<name>.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace quietstar_cpu {
+
+// x (..., K) @ weight^T (+ bias) -> (..., N) in x's dtype; weight (N, K) bf16.
+at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias);
+// The same with an int8 weight and one fp32 scale per output channel.
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
+                       const c10::optional<at::Tensor>& bias);
+// HF's RMSNorm at inference.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// Rotate-half RoPE: x (B, T, H, D), cos/sin (B, T, D) -> contiguous (B, T, H, D).
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// Writes the rows' K/V into one layer's caches, then attends (cpu_attention.cpp).
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                            at::Tensor k, at::Tensor v, c10::optional<at::Tensor> tk,
+                            c10::optional<at::Tensor> tv, const at::Tensor& info, double scale);
+
+}  // namespace quietstar_cpu

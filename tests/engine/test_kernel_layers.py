@@ -1,0 +1,136 @@
+"""Every decoder layer of a decode step in one `quietstar_cpu::decode_layers` call computes,
+bitwise, what the layer-by-layer kernel path computes: for base, thought and padding rows, bf16
+and int8 weights, q/k/v biases; it is taken only where every layer runs on the kernels and the
+step has few enough rows, and it names bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import quietstar
+from quietstar.kernels import cpu_ops
+from quietstar.kernels.modules import KernelDecoderLayers, kernel_max_rows
+from tests.engine.engine_support import make_engine, run_steps, run_to_completion, tiny_dir
+from tests.engine.test_padded_step import REQUESTS
+
+pytestmark = pytest.mark.skipif(
+    cpu_ops() is None or kernel_max_rows() == 0,
+    reason="quietstar's linear kernels are not built or not used on this CPU",
+)
+
+# (family, dtype, quantize): the bf16 weights' kernel, and int8 under fp32 activations; qwen2 has
+# q/k/v biases and a tied LM head
+CASES = [
+    ("llama", torch.bfloat16, None),
+    ("qwen2", torch.bfloat16, None),
+    ("qwen2", torch.float32, "int8"),
+    ("llama", torch.bfloat16, "int8"),
+]
+
+
+def load(family: str, dtype: torch.dtype, quantize: str | None):
+    model = quietstar.load(tiny_dir(family), dtype=dtype, quantize=quantize)
+    with torch.no_grad():  # the tiny model's norms start at one; make them matter
+        for name, p in model.backbone.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return model
+
+
+def run(model, dtype: torch.dtype, fused: bool, pad: bool, max_rows: int | None = None):
+    """The padded-step test's mix of requests (thoughts of several lengths and counts, plain
+    ones, joining while others run); every decode step's hidden states and whether each step
+    took the fused call."""
+    engine = make_engine(model, max_num_seqs=5, dtype=str(dtype).removeprefix("torch."))
+    runner = engine.runner
+    runner.pad = pad
+    layers = runner.kernel_layers
+    if not fused:
+        runner.kernel_layers = None
+    elif max_rows is not None:
+        layers.max_rows = max_rows
+    hidden, took = [], []
+    decode, call = runner.decode, KernelDecoderLayers.__call__
+
+    def recording_decode(seqs):
+        out = decode(seqs)
+        hidden.append(out.h.clone())
+        return out
+
+    def counting_call(self, *args):
+        took.append(len(hidden))
+        return call(self, *args)
+
+    runner.decode = recording_decode
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(KernelDecoderLayers, "__call__", counting_call)
+        results = {}
+        for i, (prompt, params) in enumerate(REQUESTS[:3]):
+            engine.add_request(f"r{i}", prompt, params)
+        run_steps(engine, 4, results)
+        for i, (prompt, params) in enumerate(REQUESTS[3:], start=3):
+            engine.add_request(f"r{i}", prompt, params)
+        run_to_completion(engine, results)
+    return hidden, sorted(set(took)), results, layers
+
+
+@pytest.mark.parametrize("family,dtype,quantize", CASES, ids=lambda c: str(c))
+@pytest.mark.parametrize("pad", [False, True], ids=["packed", "padded"])
+def test_fused_layers_equal_the_layer_by_layer_path_bitwise(family, dtype, quantize, pad):
+    model = load(family, dtype, quantize)
+    want, _, want_results, _ = run(model, dtype, fused=False, pad=pad)
+    got, took, results, layers = run(model, dtype, fused=True, pad=pad)
+    assert layers is not None
+    assert len(took) == len(got) == len(want)  # every step took the fused call
+    for step, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"step {step}: hidden states differ"
+    for key, choice in want_results.items():
+        assert results[key].token_ids == choice.token_ids
+        assert results[key].thoughts == choice.thoughts
+
+
+def test_steps_with_more_rows_than_the_kernels_take_go_layer_by_layer():
+    model = load("llama", torch.bfloat16, None)
+    want, _, _, _ = run(model, torch.bfloat16, fused=False, pad=False)
+    got, took, _, _ = run(model, torch.bfloat16, fused=True, pad=False, max_rows=6)
+    assert 0 < len(took) < len(got)  # some steps fused, the wider ones not
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_models_off_the_kernels_keep_the_layers():
+    """fp32 weights take oneDNN's linears, int4 PyTorch's kernel: no fused call."""
+    for dtype, quantize in ((torch.float32, None), (torch.bfloat16, "int4")):
+        model = quietstar.load(tiny_dir("llama"), dtype=dtype, quantize=quantize)
+        if not model.backbone.is_fused:  # quantising fuses at load
+            model.backbone.fuse_for_inference()
+        assert KernelDecoderLayers.of(model.backbone) is None
+    plain = quietstar.load(tiny_dir("llama"), dtype=torch.bfloat16)
+    assert KernelDecoderLayers.of(plain.backbone) is None  # not fused for inference
+
+
+def test_bad_input_is_named():
+    model = load("llama", torch.bfloat16, None)
+    model.backbone.fuse_for_inference()
+    layers = KernelDecoderLayers.of(model.backbone)
+    L, d = model.backbone.num_layers, 64
+    k = torch.zeros(L, 2, 2, 8, 16, dtype=torch.bfloat16)
+    x, cos = torch.zeros(1, d, dtype=torch.bfloat16), torch.ones(1, 1, 16, dtype=torch.bfloat16)
+    info = torch.tensor([[0, 1, -1, 0, 0, 0, 0]])
+    op = torch.ops.quietstar_cpu.decode_layers
+    with pytest.raises(RuntimeError, match="weight entries for 2 layers"):
+        op(x, cos, cos, layers.weights[:-1], k, k.clone(), None, None, info, 4, 1e-5, 0.25)
+    with pytest.raises(RuntimeError, match="not a multiple of 2 key/value heads"):
+        op(x, cos, cos, layers.weights, k, k.clone(), None, None, info, 3, 1e-5, 0.25)
+    missing = list(layers.weights)
+    missing[1] = None
+    with pytest.raises(RuntimeError, match=r"entry 1 \(layer 0, entry 1\) is None"):
+        op(x, cos, cos, missing, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
+    fp32 = list(layers.weights)
+    fp32[1] = fp32[1].float()
+    with pytest.raises(RuntimeError, match="bf16 or int8 only"):
+        op(x, cos, cos, fp32, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
+    # one layer's caches but the weights of two
+    with pytest.raises(RuntimeError, match="weight entries for 1 layers"):
+        op(x, cos, cos, layers.weights, k[:1], k[:1].clone(), None, None, info, 4, 1e-5, 0.25)
