@@ -8,6 +8,7 @@ graph replays (padding rows write only the cache's scratch slot and are dropped 
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,8 @@ from quietstar.kernels.modules import KernelDecoderLayers
 from .attention import DecodeAttention, DecodeBatch, PrefillAttention
 from .kv_cache import KVCache
 from .sequence import Row, Sequence
+
+log = logging.getLogger(__name__)
 
 # Rows one prefill forward takes at most (more prompts: several forwards; a longer prompt alone):
 # bounds the activations of a burst of long prompts, as vLLM's max_num_batched_tokens does.
@@ -171,6 +174,12 @@ class ModelRunner:
         self.kernel_layers = KernelDecoderLayers.of(model.backbone)
         self.graphs = self.compiled = None
         if compile_sizes:  # row counts to compile the decode network for
+            if self.kernel_layers is not None:
+                log.warning(
+                    "--compile on traces the decode network layer by layer, in place of "
+                    "quietstar's fused CPU decode layers, which measured faster for this model "
+                    "(benchmarks/RESULTS.md); leave --compile off on this CPU"
+                )
             from .compiled import CompiledDecode  # imports torch.compile's machinery: on demand
 
             self.compiled = CompiledDecode(self._network, compile_sizes)

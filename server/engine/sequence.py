@@ -55,7 +55,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     thought_len: int  # L (resolved from the checkpoint when not given)
-    seed: int  # per-sequence random stream (see sampler.uniforms)
+    seed: int  # per-sequence random stream (see sampler.uniform)
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     slot: int | None = None

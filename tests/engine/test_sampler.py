@@ -9,7 +9,7 @@ import torch
 
 from quietstar.sampling import sample_with_uniform
 from server.engine import SamplingParams
-from server.engine.sampler import SamplingBatch, sample_thoughts, sample_visible, uniforms
+from server.engine.sampler import SamplingBatch, sample_thoughts, sample_visible, uniform
 from server.engine.sequence import Sequence
 
 V = 50
@@ -106,17 +106,23 @@ def test_draw_counter_advances_per_event():
 def test_uniforms_are_a_pure_well_spread_function():
     n = 200_000
     seeds = torch.randint(-(2**62), 2**62, (n,), generator=torch.Generator().manual_seed(0))
-    draws, lanes = torch.arange(n) % 977, torch.arange(n) % 5
-    u = uniforms(seeds, draws, lanes)
-    assert torch.equal(u, uniforms(seeds, draws, lanes))
+
+    def draw(seeds, draws, lanes):
+        return torch.tensor([uniform(*t) for t in zip(seeds, draws, lanes)], dtype=torch.float32)
+
+    seeds, draws, lanes = seeds.tolist(), [i % 977 for i in range(n)], [i % 5 for i in range(n)]
+    u = draw(seeds, draws, lanes)
+    assert torch.equal(u, draw(seeds, draws, lanes))
     assert float(u.min()) >= 0 and float(u.max()) < 1
     hist = torch.histc(u, bins=10, min=0, max=1) / n
     assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.005), hist
     # consecutive draws of one seed, and neighbouring lanes, are uncorrelated
-    one = uniforms(torch.full((n,), 42), torch.arange(n), torch.zeros(n, dtype=torch.long))
+    one = draw([42] * n, range(n), [0] * n)
     assert abs(float(torch.corrcoef(torch.stack((one[:-1], one[1:])))[0, 1])) < 0.01
-    lane = uniforms(torch.full((n,), 42), torch.zeros(n, dtype=torch.long), torch.arange(n))
+    lane = draw([42] * n, [0] * n, range(n))
     assert abs(float(lane.mean()) - 0.5) < 0.005
+    # 64-bit seeds: both halves count, negative ones included
+    assert len({uniform(s, 0, 0) for s in (1, 1 + 2**32, -1, -(2**63), 2**63 - 1)}) == 5
 
 
 @pytest.mark.parametrize("temperature", [None, [1.0, 0.5, 2.0, 1.0, 0.7]])
