@@ -55,6 +55,8 @@ def variants(weight: torch.Tensor) -> dict[str, tuple[str, object]]:
     q, scales = quantize_int8(weight)
     scales_bf16 = scales.bfloat16()
     out = {"fp32 (oneDNN packed)": ("fp32", PackedLinear(fp32))}
+    w32 = fp32.weight
+    out["fp32 (F.linear)"] = ("fp32", lambda x: F.linear(x, w32))
     try:
         out["bf16 (oneDNN packed)"] = ("bf16", PackedLinear(bf16))
     except RuntimeError:  # no oneDNN bf16 packing on this CPU class
@@ -65,6 +67,7 @@ def variants(weight: torch.Tensor) -> dict[str, tuple[str, object]]:
     out["int4 g32 (aten)"] = ("bf16", Int4Linear(weight, None, torch.bfloat16, 32))
     if cpu_ops() is not None:
         ops = torch.ops.quietstar_cpu
+        out["fp32 (quietstar)"] = ("fp32", lambda x: ops.linear_fp32(x, w32, None))
         out["bf16 (quietstar)"] = ("bf16", lambda x: ops.linear_bf16(x, w, None))
         out["int8 (quietstar)"] = ("bf16", Int8Linear(weight, None, torch.bfloat16))
     return out

@@ -61,7 +61,7 @@ def build_name(cap: str | None = None) -> str:
 
 @functools.cache
 def cpu_ops():
-    """torch.ops.quietstar_cpu (linear_bf16, linear_int8, rms_norm, rope, decode_attention,
+    """torch.ops.quietstar_cpu (linear_bf16, linear_fp32, linear_int8, rms_norm, rope, decode_attention,
     decode_layers)
     built for this CPU, or None (logged once with the reason) when they are switched off or
     cannot be built."""
@@ -122,7 +122,8 @@ def _register_fakes() -> None:
     def out(x, n):
         return x.new_empty(*x.shape[:-1], n)
 
-    torch.library.register_fake("quietstar_cpu::linear_bf16")(lambda x, w, bias: out(x, w.shape[0]))
+    for op in ("linear_bf16", "linear_fp32"):
+        torch.library.register_fake(f"quietstar_cpu::{op}")(lambda x, w, bias: out(x, w.shape[0]))
     torch.library.register_fake("quietstar_cpu::linear_int8")(
         lambda x, w, scales, bias: out(x, w.shape[0])
     )

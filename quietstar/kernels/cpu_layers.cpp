@@ -18,12 +18,13 @@ namespace {
 
 using quietstar_cpu::decode_attention;
 using quietstar_cpu::linear_bf16;
+using quietstar_cpu::linear_fp32;
 using quietstar_cpu::linear_int8;
 using quietstar_cpu::rms_norm;
 using quietstar_cpu::rope;
 
-// Each layer's entries in `weights`, in this order; a projection is its weight (bf16, or int8
-// with one fp32 scale per output channel), its scales (int8 only) and its bias (or None).
+// Each layer's entries in `weights`, in this order; a projection is its weight (bf16, fp32, or
+// int8 with one fp32 scale per output channel), its scales (int8 only) and its bias (or None).
 enum Entry {
   kInputNorm,
   kQkv,
@@ -46,8 +47,9 @@ at::Tensor project(const at::Tensor& x, const Weights& w, int64_t at) {
   const at::Tensor& weight = required(w, at);
   const c10::optional<at::Tensor>& bias = w[at + 2];
   if (weight.scalar_type() == at::kChar) return linear_int8(x, weight, required(w, at + 1), bias);
+  if (weight.scalar_type() == at::kFloat) return linear_fp32(x, weight, bias);
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "decode_layers: projection ", at,
-              " has a ", c10::toString(weight.scalar_type()), " weight; bf16 or int8 only");
+              " has a ", c10::toString(weight.scalar_type()), " weight; bf16, fp32 or int8 only");
   return linear_bf16(x, weight, bias);
 }
 

@@ -193,7 +193,10 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   TORCH_CHECK(K % 16 == 0, "input features ", K, " not a multiple of 16");
   const int64_t M = x.numel() / K;
   const at::Tensor xc = x.contiguous();
-  const bool bf16_dots = kBf16DotProducts && x.scalar_type() == at::kBFloat16 && K % 32 == 0;
+  // fp32 weights take fp32 FMAs whatever the activations (their products are not bf16 pairs)
+  constexpr bool kWeightPairs = !std::is_same_v<T, float>;
+  const bool bf16_dots =
+      kWeightPairs && kBf16DotProducts && x.scalar_type() == at::kBFloat16 && K % 32 == 0;
   const uint16_t* xb = bf16_dots ? reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>())
                                  : nullptr;
   c10::optional<Floats> xf;
@@ -210,7 +213,11 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   auto block = [&](int64_t n0, float* sums) {
     const T* rows[kBlockN];
     for (int j = 0; j < kBlockN; ++j) rows[j] = block_row(wp, n0, j, N, K);
-    if (bf16_dots && std::is_same_v<T, int8_t>) {
+    if constexpr (!kWeightPairs) {
+      for_row_tiles(M, [&](auto mb, int64_t m0) {
+        dot_tile<decltype(mb)::value>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
+      });
+    } else if (bf16_dots && std::is_same_v<T, int8_t>) {
       for (int half = 0; half < kBlockN; half += 2)
         for_row_tiles<8>(M, [&](auto mb, int64_t m0) {
           dot_tile_bf16<decltype(mb)::value, 2>(rows + half, xb + m0 * K, K,
@@ -246,6 +253,12 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
   check_weight(w, at::kBFloat16, "linear_bf16");
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   return linear_rows(x, w.size(0), w.size(1), wp, nullptr, bias);
+}
+
+at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& w,
+                       const c10::optional<at::Tensor>& bias) {
+  check_weight(w, at::kFloat, "linear_fp32");
+  return linear_rows(x, w.size(0), w.size(1), w.data_ptr<float>(), nullptr, bias);
 }
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
@@ -350,6 +363,7 @@ using namespace quietstar_cpu;
 
 TORCH_LIBRARY(quietstar_cpu, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_fp32(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
@@ -357,6 +371,7 @@ TORCH_LIBRARY(quietstar_cpu, m) {
 
 TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
+  m.impl("linear_fp32", &linear_fp32);
   m.impl("linear_int8", &linear_int8);
   m.impl("rms_norm", &rms_norm);
   m.impl("rope", &rope);

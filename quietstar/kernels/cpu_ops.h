@@ -9,6 +9,9 @@ namespace quietstar_cpu {
 // x (..., K) @ weight^T (+ bias) -> (..., N) in x's dtype; weight (N, K) bf16.
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias);
+// The same with an fp32 weight (fp32 FMAs).
+at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias);
 // The same with an int8 weight and one fp32 scale per output channel.
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias);

@@ -24,23 +24,36 @@ def kernel_max_rows(activations: torch.dtype = torch.bfloat16) -> int:
     return 32 if activations == torch.float32 or cap == "AVX512_BF16" else sys.maxsize
 
 
-class Bf16RowsLinear(nn.Module):
-    """Inference-only bf16 linear: `kernel_max_rows()` rows or fewer through
-    `quietstar_cpu::linear_bf16`, more through F.linear. The weight stays plain (no second,
-    pre-packed copy), so a tied LM head still shares the embedding's memory."""
+# fp32 weights: quietstar's kernel measured ahead of oneDNN's pre-packed GEMM up to 64 rows on
+# AVX-512 (14.0 against 21.3 ms per model at 1 row, 60.6 against 68.0 at 64), behind at 128
+# (benchmarks/RESULTS.md, "Fused decode layers").
+FP32_KERNEL_MAX_ROWS = 64
 
-    def __init__(self, linear: nn.Linear):
+
+class RowsLinear(nn.Module):
+    """Inference-only bf16 or fp32 linear: up to `max_rows` rows through
+    `quietstar_cpu::linear_bf16` / `linear_fp32`, more through `large` (an fp32 weight's oneDNN
+    pre-packed layer) or F.linear. The weight stays plain, so a tied LM head still shares the
+    embedding's memory; only `large` holds a second copy."""
+
+    def __init__(self, linear: nn.Linear, large: nn.Module | None = None):
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
         self.register_buffer("weight", linear.weight.detach().contiguous(), persistent=False)
         bias = None if linear.bias is None else linear.bias.detach()
         self.register_buffer("bias", bias, persistent=False)
-        self.max_rows = kernel_max_rows()
+        fp32 = linear.weight.dtype == torch.float32
+        self.max_rows = FP32_KERNEL_MAX_ROWS if fp32 else kernel_max_rows(linear.weight.dtype)
+        ops = torch.ops.quietstar_cpu
+        self.kernel = ops.linear_fp32 if fp32 else ops.linear_bf16
+        self.large = large
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] <= self.max_rows:
-            out = torch.ops.quietstar_cpu.linear_bf16(flat, self.weight, self.bias)
+            out = self.kernel(flat, self.weight, self.bias)
+        elif self.large is not None:
+            out = self.large(flat)
         else:
             out = F.linear(flat, self.weight, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
@@ -142,7 +155,7 @@ class KernelDecoderLayers:
     @classmethod
     def of(cls, backbone) -> KernelDecoderLayers | None:
         """For a backbone after `fuse_for_inference`, or None where some layer leaves the kernels
-        (fp32 or int4 weights, no kernel build, CUDA)."""
+        (fp32 weights pre-packed for oneDNN, int4 weights, no kernel build, CUDA)."""
         from ..quant import Int8Linear
         from . import cpu_ops
 
@@ -157,7 +170,7 @@ class KernelDecoderLayers:
             eps |= {n.eps for n in norms}
             attn, mlp = layer.self_attn, layer.mlp
             for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
-                if isinstance(linear, Bf16RowsLinear):
+                if isinstance(linear, RowsLinear):
                     max_rows = min(max_rows, linear.max_rows)
                 elif isinstance(linear, Int8Linear) and linear.use_kernel:
                     max_rows = min(max_rows, linear.max_rows.get(dtype, 0))

@@ -19,13 +19,14 @@ pytestmark = pytest.mark.skipif(
     reason="quietstar's linear kernels are not built or not used on this CPU",
 )
 
-# (family, dtype, quantize): the bf16 weights' kernel, and int8 under fp32 activations; qwen2 has
-# q/k/v biases and a tied LM head
+# (family, dtype, quantize): bf16, int8 (under fp32 and bf16 activations) and fp32 weights; qwen2
+# has q/k/v biases and a tied LM head
 CASES = [
     ("llama", torch.bfloat16, None),
     ("qwen2", torch.bfloat16, None),
     ("qwen2", torch.float32, "int8"),
     ("llama", torch.bfloat16, "int8"),
+    ("llama", torch.float32, None),
 ]
 
 
@@ -99,13 +100,17 @@ def test_steps_with_more_rows_than_the_kernels_take_go_layer_by_layer():
         assert torch.equal(a, b)
 
 
-def test_models_off_the_kernels_keep_the_layers():
-    """fp32 weights take oneDNN's linears, int4 PyTorch's kernel: no fused call."""
-    for dtype, quantize in ((torch.float32, None), (torch.bfloat16, "int4")):
-        model = quietstar.load(tiny_dir("llama"), dtype=dtype, quantize=quantize)
-        if not model.backbone.is_fused:  # quantising fuses at load
-            model.backbone.fuse_for_inference()
-        assert KernelDecoderLayers.of(model.backbone) is None
+def test_models_off_the_kernels_keep_the_layers(monkeypatch):
+    """int4 weights take PyTorch's kernel, and fp32 ones too large for a second copy oneDNN's
+    pre-packed layers only: no fused call."""
+    from quietstar import packed
+
+    model = quietstar.load(tiny_dir("llama"), dtype=torch.bfloat16, quantize="int4")
+    assert KernelDecoderLayers.of(model.backbone) is None
+    monkeypatch.setattr(packed, "physical_memory", lambda: 1 << 20)
+    model = quietstar.load(tiny_dir("llama"), dtype=torch.float32)
+    model.backbone.fuse_for_inference()
+    assert KernelDecoderLayers.of(model.backbone) is None
     plain = quietstar.load(tiny_dir("llama"), dtype=torch.bfloat16)
     assert KernelDecoderLayers.of(plain.backbone) is None  # not fused for inference
 
@@ -127,10 +132,10 @@ def test_bad_input_is_named():
     missing[1] = None
     with pytest.raises(RuntimeError, match=r"entry 1 \(layer 0, entry 1\) is None"):
         op(x, cos, cos, missing, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
-    fp32 = list(layers.weights)
-    fp32[1] = fp32[1].float()
-    with pytest.raises(RuntimeError, match="bf16 or int8 only"):
-        op(x, cos, cos, fp32, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
+    wrong = list(layers.weights)
+    wrong[1] = wrong[1].double()
+    with pytest.raises(RuntimeError, match="bf16, fp32 or int8 only"):
+        op(x, cos, cos, wrong, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
     # one layer's caches but the weights of two
     with pytest.raises(RuntimeError, match="weight entries for 1 layers"):
         op(x, cos, cos, layers.weights, k[:1], k[:1].clone(), None, None, info, 4, 1e-5, 0.25)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import quietstar
 from quietstar import kernels
-from quietstar.kernels.modules import Bf16RowsLinear
+from quietstar.dtypes import can_prepack
+from quietstar.kernels.modules import RowsLinear
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int8Linear, quantize_int8
 from tests.engine.engine_support import make_hf_checkpoint
@@ -51,6 +52,17 @@ def test_bf16_weights_match_float64(ops, rows, act, K):
     want = _reference(x, w, bias)
     bound = _fp32_bound(x, w) + (want.abs() * 2**-8 if act == torch.bfloat16 else 0)
     assert ((got.double() - want).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("K", [96, 48])
+def test_fp32_weights_match_float64(ops, rows, K):
+    g = torch.Generator().manual_seed(20 + rows)
+    w, bias = torch.randn(50, K, generator=g), torch.randn(50, generator=g)
+    x = torch.randn(rows, K, generator=g)
+    got = ops.linear_fp32(x, w, bias)
+    assert got.dtype == torch.float32 and got.shape == (rows, 50)
+    assert ((got.double() - _reference(x, w, bias)).abs() <= _fp32_bound(x, w)).all()
 
 
 @pytest.mark.parametrize("rows", [1, 4, 6, 11])
@@ -96,6 +108,8 @@ def test_bad_input_is_named(ops):
         ops.linear_int8(
             torch.randn(1, 32), torch.zeros(8, 32, dtype=torch.int8), torch.ones(7), None
         )
+    with pytest.raises(RuntimeError, match="needs a contiguous 2-D CPU Float weight"):
+        ops.linear_fp32(torch.randn(1, 32), w, None)
     with pytest.raises(RuntimeError, match="bias has 3 values for 8 outputs"):
         ops.linear_bf16(torch.randn(1, 32), w, torch.zeros(3))
 
@@ -103,7 +117,7 @@ def test_bad_input_is_named(ops):
 def test_rows_linear_switches_to_f_linear_above_its_row_limit(ops):
     g = torch.Generator().manual_seed(5)
     lin = torch.nn.Linear(64, 20, dtype=torch.bfloat16)
-    layer = Bf16RowsLinear(lin)
+    layer = RowsLinear(lin)
     assert layer.weight.data_ptr() == lin.weight.data_ptr()  # no copy of the weight
     layer.max_rows = 5  # what kernel_max_rows() picks depends on the CPU
     few = torch.randn(5, 64, generator=g).bfloat16()
@@ -114,7 +128,7 @@ def test_rows_linear_switches_to_f_linear_above_its_row_limit(ops):
 
 def test_compiled_graph_calls_the_kernels(ops):
     lin = torch.nn.Linear(64, 24, dtype=torch.bfloat16)
-    layer = Bf16RowsLinear(lin)
+    layer = RowsLinear(lin)
     int8 = Int8Linear(lin.weight.detach().float(), None, torch.bfloat16)
     # through the kernels whatever this build would pick (the portable one picks PyTorch's)
     layer.max_rows, int8.use_kernel, int8.max_rows = 8, True, {torch.bfloat16: 8}
@@ -140,7 +154,7 @@ def test_bf16_model_decodes_through_the_kernel_and_matches_plain(ops, tmp_path):
     plain = quietstar.load(path, dtype=torch.bfloat16)
     fast = quietstar.load(path, dtype=torch.bfloat16)
     fast.backbone.fuse_for_inference()
-    rows = [m for m in fast.modules() if isinstance(m, Bf16RowsLinear)]
+    rows = [m for m in fast.modules() if isinstance(m, RowsLinear)]
     assert len(rows) == 4 * fast.backbone.num_layers + 1
     assert not any(isinstance(m, PackedLinear) for m in fast.modules())
     for n, t in ((1, 1), (3, 11), (3, 20)):  # 1, 33, 60 rows: each side of a 32-row limit
@@ -149,6 +163,41 @@ def test_bf16_model_decodes_through_the_kernel_and_matches_plain(ops, tmp_path):
         finite = torch.isfinite(b)
         assert torch.equal(torch.isfinite(a), finite)
         assert (a[finite] - b[finite]).abs().max() < 0.05  # bf16 rounding of tiny logits
+
+
+def test_fp32_model_decodes_through_the_kernel_and_prefills_pre_packed(ops, tmp_path):
+    from quietstar.kernels.modules import FP32_KERNEL_MAX_ROWS, kernel_max_rows
+
+    if not kernel_max_rows():
+        pytest.skip("the portable build leaves the linears to PyTorch")
+    if not can_prepack(torch.float32)[0]:
+        pytest.skip("no oneDNN pre-packing on this CPU")
+    path = make_hf_checkpoint(tmp_path / "tiny", "qwen2")
+    plain = quietstar.load(path, dtype=torch.float32)
+    fast = quietstar.load(path, dtype=torch.float32)
+    fast.backbone.fuse_for_inference()
+    rows = [m for m in fast.modules() if isinstance(m, RowsLinear)]
+    assert len(rows) == 4 * fast.backbone.num_layers + 1
+    assert all(isinstance(m.large, PackedLinear) for m in rows)
+    assert rows[0].max_rows == FP32_KERNEL_MAX_ROWS
+    for n, t in ((1, 1), (3, 20), (3, 30)):  # 1, 60, 90 rows: each side of the 64-row limit
+        ids = torch.randint(0, 250, (n, t))
+        a, b = _logits(fast, ids), _logits(plain, ids)
+        finite = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), finite)
+        assert (a[finite] - b[finite]).abs().max() < 1e-4
+
+
+def test_fp32_weights_too_large_for_two_copies_stay_pre_packed_only(ops, tmp_path, monkeypatch):
+    from quietstar import packed
+
+    if not can_prepack(torch.float32)[0]:
+        pytest.skip("no oneDNN pre-packing on this CPU")
+    monkeypatch.setattr(packed, "physical_memory", lambda: 1 << 20)  # 1 MiB of RAM
+    model = quietstar.load(make_hf_checkpoint(tmp_path / "tiny"), dtype=torch.float32)
+    model.backbone.fuse_for_inference()
+    assert not any(isinstance(m, RowsLinear) for m in model.modules())
+    assert any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 def test_switched_off_keeps_pytorch_kernels_and_says_so(monkeypatch, caplog):
