@@ -65,6 +65,36 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def draw(summary: dict, out: Path) -> Path:
+    """rounds.png: each server's median visible tok/s per stream count, with each round as a dot
+    and the median ratio to the peer over quietstar's bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(summary["levels"], key=int)
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        row = summary["levels"][level]
+        sides = [s for s in SIDES if s in row]
+        ax.bar(range(len(sides)), [row[s]["median"] for s in sides], color="#9db8d9")
+        for i, side in enumerate(sides):
+            ax.plot([i] * len(row[side]["tok_s"]), row[side]["tok_s"], "k.", alpha=0.6)
+            if "median_ratio" in row[side]:
+                label = f"{row[side]['median_ratio']:.2f}x peer"
+                ax.annotate(label, (i, row[side]["median"]), ha="center", va="bottom")
+        ax.set_xticks(range(len(sides)), sides)
+        ax.set_title(f"{level} stream(s)")
+        ax.set_ylabel("visible tok/s (median; dots: rounds)")
+    fig.suptitle(f"Streamed completions, thoughts off, {summary['rounds']} alternated rounds")
+    fig.tight_layout()
+    path = out / "rounds.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.serve_rounds_summary", description=__doc__
@@ -76,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "rounds.json").write_text(json.dumps(summary, indent=2))
     table = markdown(summary)
     (args.out / "rounds.md").write_text(table)
+    draw(summary, args.out)
     print(table)
     return 0
 

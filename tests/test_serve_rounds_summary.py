@@ -28,5 +28,6 @@ def test_medians_and_per_round_ratios(tmp_path):
     eight = got["8"]["quietstar-compiled"]
     assert [round(x, 3) for x in eight["ratio_to_peer"]] == [0.88, 1.15, 0.6]
     assert round(eight["median_ratio"], 3) == 0.88 and eight["median"] == 220.0
+    assert (tmp_path / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "rounds.md").read_text()
     assert "| 8 | 200.0 (200.0, 210.0, 190.0) | 220.0 (220.0, 230.0, 180.0)" in table
