@@ -39,6 +39,27 @@ inline void prefetch(const T* p) {
 constexpr int kBlockN = 4;  // output channels per block: independent FMA chains, one weight
 constexpr int kBlockM = 4;  // activation rows per tile: each widened weight serves them all
 
+// sums[i * kBlockN + j] = the lanes' sum of acc[i * NB + j], for a tile's MB x NB accumulators
+// (NB = 4, or 2 with MB up to 8): 16 at once where the tile has them, else 4 at a time, in the
+// same order per register either way (`sum4`, `sum16`).
+template <int MB, int NB>
+inline void store_sums(const Reg* acc, float* sums) {
+  static_assert(NB == kBlockN || NB == 2, "tiles of 4 or 2 output channels");
+  float out[16];
+  int done = 0;
+  if constexpr (MB * NB == 16) {
+    sum16(acc, out);
+    done = 16;
+  }
+  for (; done + 4 <= MB * NB; done += 4) sum4(acc + done, out + done);
+  if (done < MB * NB) {  // an odd row of a 2-channel tile: pad with zeros
+    Reg rest[4] = {acc[done], acc[done + 1], zero(), zero()};
+    sum4(rest, out + done);
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) sums[i * kBlockN + j] = out[i * NB + j];
+}
+
 // sums[i * kBlockN + j] = sum over k in [0, K) of x[i, k] * W_j[k] for MB rows of x starting at
 // `x` and the kBlockN weight rows `rows` (T: bf16 bits or int8). MB is a compile-time constant so
 // that every accumulator stays in a register.
@@ -58,8 +79,7 @@ inline void dot_tile(const T* const* rows, const float* x, int64_t K, float* sum
       for (int j = 0; j < kBlockN; ++j) acc[i][j] = fma(xv, w[j], acc[i][j]);
     }
   }
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < kBlockN; ++j) sums[i * kBlockN + j] = sum(acc[i][j]);
+  store_sums<MB, kBlockN>(acc[0], sums);
 }
 
 #if defined(__AVX512BF16__)
@@ -92,8 +112,7 @@ inline void dot_tile_bf16(const T* const* rows, const uint16_t* x, int64_t K, fl
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, w[j]);
     }
   }
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) sums[i * kBlockN + j] = _mm512_reduce_add_ps(acc[i][j]);
+  store_sums<MB, NB>(acc[0], sums);
 }
 constexpr bool kBf16DotProducts = true;
 #else

@@ -12,6 +12,11 @@
 
 namespace quietstar_cpu {
 
+// sum4 / sum16: out[p] = the sum of register a[p]'s lanes, for 4 or 16 registers at once (a few
+// shuffles for all of them instead of a reduction each). Every register is summed in one fixed
+// order, pairs within 128-bit lanes and then across them, whichever of the two reduces it, so a
+// dot product's result never depends on what else was reduced with it.
+
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;
 using Reg = __m512;
@@ -31,6 +36,30 @@ inline Reg widen(const float* p) { return _mm512_loadu_ps(p); }
 inline Reg broadcast(float v) { return _mm512_set1_ps(v); }
 inline Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
 inline void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
+// Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+inline Reg pair_lanes(Reg a, Reg b) {
+  return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+}
+// a[0..3] -> per 128-bit lane k: the lane's sum of each of the four registers.
+inline Reg quad_lanes(const Reg* a) {
+  const __m512d ab = _mm512_castps_pd(pair_lanes(a[0], a[1]));
+  const __m512d cd = _mm512_castps_pd(pair_lanes(a[2], a[3]));
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(ab, cd)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(ab, cd)));
+}
+// [x.L0 + x.L1, x.L2 + x.L3, y.L0 + y.L1, y.L2 + y.L3] over 128-bit lanes.
+inline Reg fold_lanes(Reg x, Reg y) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD));
+}
+inline void sum4(const Reg* a, float* out) {
+  const Reg w = quad_lanes(a), f = fold_lanes(w, w);
+  _mm_storeu_ps(out, _mm512_castps512_ps128(fold_lanes(f, f)));
+}
+inline void sum16(const Reg* a, float* out) {
+  const Reg w0 = quad_lanes(a), w1 = quad_lanes(a + 4), w2 = quad_lanes(a + 8);
+  const Reg w3 = quad_lanes(a + 12);
+  _mm512_storeu_ps(out, fold_lanes(fold_lanes(w0, w1), fold_lanes(w2, w3)));
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int kLanes = 8;
 using Reg = __m256;
@@ -55,6 +84,26 @@ inline Reg widen(const float* p) { return _mm256_loadu_ps(p); }
 inline Reg broadcast(float v) { return _mm256_set1_ps(v); }
 inline Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
 inline void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }
+inline Reg pair_lanes(Reg a, Reg b) {  // as the AVX-512 one, per 128-bit lane
+  return _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+}
+inline Reg quad_lanes(const Reg* a) {
+  const __m256d ab = _mm256_castps_pd(pair_lanes(a[0], a[1]));
+  const __m256d cd = _mm256_castps_pd(pair_lanes(a[2], a[3]));
+  return _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(ab, cd)),
+                       _mm256_castpd_ps(_mm256_unpackhi_pd(ab, cd)));
+}
+inline void sum4(const Reg* a, float* out) {
+  const Reg w = quad_lanes(a);
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(w), _mm256_extractf128_ps(w, 1)));
+}
+inline void sum16(const Reg* a, float* out) {
+  for (int g = 0; g < 4; g += 2) {
+    const Reg w0 = quad_lanes(a + 4 * g), w1 = quad_lanes(a + 4 * g + 4);
+    _mm256_storeu_ps(out + 4 * g, _mm256_add_ps(_mm256_permute2f128_ps(w0, w1, 0x20),
+                                                _mm256_permute2f128_ps(w0, w1, 0x31)));
+  }
+}
 #else
 constexpr int kLanes = 1;
 using Reg = float;
@@ -73,6 +122,12 @@ inline Reg widen(const float* p) { return *p; }
 inline Reg broadcast(float v) { return v; }
 inline Reg mul(Reg a, Reg b) { return a * b; }
 inline void store(float* p, Reg a) { *p = a; }
+inline void sum4(const Reg* a, float* out) {
+  for (int i = 0; i < 4; ++i) out[i] = a[i];
+}
+inline void sum16(const Reg* a, float* out) {
+  for (int i = 0; i < 16; ++i) out[i] = a[i];
+}
 #endif
 
 }  // namespace quietstar_cpu

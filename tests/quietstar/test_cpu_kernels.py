@@ -81,19 +81,22 @@ def test_int8_weights_match_dequantised_float64(ops, rows, act):
     assert ((got.double() - want).abs() <= bound).all()
 
 
-def test_a_row_does_not_depend_on_the_other_rows(ops):
+@pytest.mark.parametrize("M", [7, 9, 16])  # tiles of 4 (or 8) rows and every remainder
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
+def test_a_row_does_not_depend_on_the_other_rows(ops, M, act):
     g = torch.Generator().manual_seed(3)
-    w = torch.randn(40, 128, generator=g).bfloat16()
-    x = torch.randn(7, 128, generator=g).bfloat16()
-    q, scales = quantize_int8(w.float())
-    together = ops.linear_bf16(x, w, None), ops.linear_int8(x, q, scales, None)
-    for i in range(7):
-        alone = (
-            ops.linear_bf16(x[i : i + 1], w, None),
-            ops.linear_int8(x[i : i + 1], q, scales, None),
-        )
-        assert torch.equal(alone[0][0], together[0][i])
-        assert torch.equal(alone[1][0], together[1][i])
+    w = torch.randn(40, 128, generator=g)
+    x = torch.randn(M, 128, generator=g).to(act)
+    q, scales = quantize_int8(w)
+    layers = {
+        "bf16": lambda t: ops.linear_bf16(t, w.bfloat16(), None),
+        "fp32": lambda t: ops.linear_fp32(t, w, None),
+        "int8": lambda t: ops.linear_int8(t, q, scales, None),
+    }
+    for name, layer in layers.items():
+        together = layer(x)
+        for i in range(M):
+            assert torch.equal(layer(x[i : i + 1])[0], together[i]), (name, i)
 
 
 def test_bad_input_is_named(ops):
