@@ -312,6 +312,12 @@ def test_kernel_rms_norm_matches_the_model_norm(ops, dtype):
         else:  # fp32 sums in another order may round a value to the neighbouring bf16
             ulps = (got.float() - want.float()).abs() / want.float().abs().clamp(min=1e-3)
             assert (ulps <= 2**-7).all() and (got == want).float().mean() > 0.97
+    # a NaN poisons its own row only, as in the model's norm
+    x = torch.randn(3, 96, generator=g).to(dtype)
+    clean = fast(x)
+    x[1, 5] = float("nan")
+    got = fast(x)
+    assert got[1].isnan().all() and torch.equal(got[[0, 2]], clean[[0, 2]])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
