@@ -11,8 +11,8 @@ import torch
 import quietstar
 from quietstar.kernels import cpu_ops
 from quietstar.kernels.modules import KernelDecoderLayers, kernel_max_rows
-from tests.engine.engine_support import make_engine, run_steps, run_to_completion, tiny_dir
-from tests.engine.test_padded_step import REQUESTS
+from tests.engine.engine_support import make_engine, tiny_dir
+from tests.engine.test_padded_step import serve_requests
 
 pytestmark = pytest.mark.skipif(
     cpu_ops() is None or kernel_max_rows() == 0,
@@ -66,13 +66,7 @@ def run(model, dtype: torch.dtype, fused: bool, pad: bool, max_rows: int | None 
     runner.decode = recording_decode
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KernelDecoderLayers, "__call__", counting_call)
-        results = {}
-        for i, (prompt, params) in enumerate(REQUESTS[:3]):
-            engine.add_request(f"r{i}", prompt, params)
-        run_steps(engine, 4, results)
-        for i, (prompt, params) in enumerate(REQUESTS[3:], start=3):
-            engine.add_request(f"r{i}", prompt, params)
-        run_to_completion(engine, results)
+        results = serve_requests(engine)
     return hidden, sorted(set(took)), results, layers
 
 

@@ -50,6 +50,11 @@ def run(model, pad: bool, cuda_graphs: str = "off", device: str = "cpu"):
     for 5 sequences (max 5 running) pads both slots and columns."""
     engine = make_engine(model, max_num_seqs=5, cuda_graphs=cuda_graphs, device=device)
     engine.runner.pad = pad
+    return engine, serve_requests(engine)
+
+
+def serve_requests(engine) -> dict:
+    """REQUESTS on `engine`: three first, the others after four steps, all to completion."""
     results = {}
     for i, (prompt, params) in enumerate(REQUESTS[:3]):
         engine.add_request(f"r{i}", prompt, params)
@@ -57,7 +62,7 @@ def run(model, pad: bool, cuda_graphs: str = "off", device: str = "cpu"):
     for i, (prompt, params) in enumerate(REQUESTS[3:], start=3):
         engine.add_request(f"r{i}", prompt, params)
     run_to_completion(engine, results)
-    return engine, results
+    return results
 
 
 def test_padding_never_changes_a_real_row():
