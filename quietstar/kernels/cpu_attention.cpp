@@ -273,4 +273,6 @@ TORCH_LIBRARY_FRAGMENT(quietstar_cpu, m) {
       "Tensor(c!)? tk, Tensor(d!)? tv, Tensor info, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) { m.impl("decode_attention", &quietstar_cpu::decode_attention); }
+TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
+  m.impl("decode_attention", &quietstar_cpu::decode_attention);
+}

@@ -61,8 +61,8 @@ inline void store_sums(const Reg* acc, float* sums) {
 }
 
 // sums[i * kBlockN + j] = sum over k in [0, K) of x[i, k] * W_j[k] for MB rows of x starting at
-// `x` and the kBlockN weight rows `rows` (T: bf16 bits or int8). MB is a compile-time constant so
-// that every accumulator stays in a register.
+// `x` and the kBlockN weight rows `rows` (T: bf16 bits, fp32 or int8). MB is a compile-time
+// constant so that every accumulator stays in a register.
 template <int MB, typename T>
 inline void dot_tile(const T* const* rows, const float* x, int64_t K, float* sums) {
   Reg acc[MB][kBlockN];
