@@ -145,7 +145,10 @@ def _next_thought(logits, k, forced, temperature, generator):
     if forced is not None:
         return forced[..., k - 1]
     with torch.no_grad():
-        return sample_categorical(torch.softmax(logits.float() / temperature, dim=-1), generator)
+        scaled = logits.float()
+        if temperature != 1.0:  # x / 1 == x: no vocabulary-wide pass at the spec's T = 1
+            scaled = scaled / temperature
+        return sample_categorical(torch.softmax(scaled, dim=-1), generator)
 
 
 def _shift_left(x: torch.Tensor, s: int) -> torch.Tensor:
