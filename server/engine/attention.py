@@ -139,7 +139,7 @@ class DecodeAttention:
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
         if self.use_kernel is None:
-            self.use_kernel = _cpu_kernel_fits(q)
+            self.use_kernel = cpu_kernel_fits(q)
         if self.use_kernel:
             return self._kernel(layer, q, k, v)  # it writes K/V itself
         self._write(layer, k, v)
@@ -202,13 +202,11 @@ class DecodeAttention:
         w_p, w_t = (lse_p - lse).exp()[..., None], (lse_t - lse).exp()[..., None]
         return (out_p.float() * w_p + out_t.float() * w_t).to(qt.dtype)
 
-    def kernel_caches(self) -> tuple | None:
-        """What quietstar's fused CPU decode layers read and write (the prefix and, when a row
-        thinks, the thought caches of every layer, and the rows' table), or None where the
-        kernel does not serve this cache."""
+    def kernel_caches(self) -> tuple:
+        """What quietstar's fused CPU decode layers read and write: the prefix and, when a row
+        thinks, the thought caches of every layer, and the rows' table (for a cache the kernel
+        serves, `cpu_kernel_fits(cache.k)`)."""
         c = self.cache
-        if not _cpu_kernel_fits(c.k):
-            return None
         thoughts = (c.tk, c.tv) if self.b.max_thought else (None, None)
         return (c.k, c.v, *thoughts, self.row_info)
 
@@ -280,7 +278,7 @@ def _row_info(b: DecodeBatch) -> torch.Tensor:
     return info
 
 
-def _cpu_kernel_fits(q: torch.Tensor) -> bool:
+def cpu_kernel_fits(q: torch.Tensor) -> bool:
     """Whether quietstar's CPU decode attention serves these queries, or this cache (CPU, fp32 or
     bf16, head dim a multiple of 16, and the kernels built here)."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or q.shape[-1] % 16:

@@ -16,7 +16,7 @@ import torch
 from quietstar import END_THOUGHT, START_THOUGHT, QuietStarModel
 from quietstar.kernels.modules import KernelDecoderLayers
 
-from .attention import DecodeAttention, DecodeBatch, PrefillAttention
+from .attention import DecodeAttention, DecodeBatch, PrefillAttention, cpu_kernel_fits
 from .kv_cache import KVCache
 from .sequence import Row, Sequence
 
@@ -170,8 +170,11 @@ class ModelRunner:
         self.device = model.device
         self.buckets = bucket_sizes(cache.max_seqs)
         self.pad = pad or cuda_graphs
-        # every layer of a decode step in one call, where the model runs on quietstar's kernels
-        self.kernel_layers = KernelDecoderLayers.of(model.backbone)
+        # every layer of a decode step in one call, where the model and the cache run on
+        # quietstar's kernels (decided once: neither changes)
+        self.kernel_layers = (
+            KernelDecoderLayers.of(model.backbone) if cpu_kernel_fits(cache.k) else None
+        )
         self.graphs = self.compiled = None
         if compile_sizes:  # row counts to compile the decode network for
             if self.kernel_layers is not None:
@@ -237,10 +240,9 @@ class ModelRunner:
             x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
         backbone = self.model.backbone
         if self.kernel_layers is not None and self.kernel_layers.serves(x):
-            caches = attention.kernel_caches()
-            if caches is not None:
-                cos, sin = backbone.rotary(positions[None], x.dtype)
-                return backbone.norm(self.kernel_layers(x, cos, sin, *caches))
+            cos, sin = backbone.rotary(positions[None], x.dtype)
+            layers = self.kernel_layers(x, cos, sin, *attention.kernel_caches())
+            return backbone.norm(layers)
         return backbone(x[None], positions[None], attention)[0]
 
     def _padding_step(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, DecodeAttention]:
