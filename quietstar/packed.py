@@ -78,7 +78,7 @@ def pack_linears(module: nn.Module) -> int:
     model's dtype on this CPU; returns how many. bf16: quietstar's decode kernels where they build
     (`quietstar.kernels`), else oneDNN pre-packing where the CPU has native bf16; fp32: oneDNN
     pre-packing, and quietstar's kernels for decode-sized steps where they build and memory
-    allows (`_fp32_rows_kernel`). The decision and any refusal are logged once."""
+    allows (`_use_rows_kernel`). The decision and any refusal are logged once."""
     linears = [(m, n, lin) for m, n, lin in _linears(module) if lin.weight.device.type == "cpu"]
     if not linears:
         return 0
@@ -94,7 +94,7 @@ def pack_linears(module: nn.Module) -> int:
     if not ok:
         log.info("linear weights not pre-packed: %s", why)
         return 0
-    if dtype == torch.float32 and _fp32_rows_kernel(linears, packed):
+    if dtype == torch.float32 and _use_rows_kernel(linears, packed):
         return len(packed)
     for parent, name, layer in packed:
         setattr(parent, name, layer)
@@ -102,48 +102,43 @@ def pack_linears(module: nn.Module) -> int:
     return len(packed)
 
 
-def _use_rows_kernel(linears) -> bool:
-    from .kernels.modules import RowsLinear, linear_kernels_serve
-
-    if not all(linear_kernels_serve(lin.weight) for _, _, lin in linears):
-        return False
-    for parent, name, lin in linears:
-        setattr(parent, name, RowsLinear(lin))
-    log.info("%d bf16 linears decode through quietstar's CPU kernel", len(linears))
-    return True
-
-
 # fp32 weights keep their plain copy for quietstar's kernel beside oneDNN's packed one (prefill
 # and scoring) while both fit in this share of the machine's memory.
 FP32_TWO_COPIES_MAX_MEMORY_SHARE = 1 / 8
 
 
-def _fp32_rows_kernel(linears, packed) -> bool:
-    """fp32 weights: decode steps (up to 64 rows) through quietstar's kernel, more rows through
-    the oneDNN pre-packed layers, where the kernels serve every layer and the second copy of the
-    weights fits in FP32_TWO_COPIES_MAX_MEMORY_SHARE of the memory (else pre-packed only)."""
+def _use_rows_kernel(linears, packed=None) -> bool:
+    """Every linear through quietstar's kernel at decode-sized steps, where the kernels serve
+    every layer. bf16 (`packed` None): F.linear beyond. fp32: the oneDNN pre-packed layers in
+    `packed` beyond (prefill, scoring), if their second copy of the weights fits in
+    FP32_TWO_COPIES_MAX_MEMORY_SHARE of the memory (else pre-packed only)."""
     from .kernels.modules import RowsLinear, linear_kernels_serve
 
     if not all(linear_kernels_serve(lin.weight) for _, _, lin in linears):
         return False
-    extra = sum(lin.weight.numel() * 4 for _, _, lin in linears)
-    memory = physical_memory()
-    if extra > memory * FP32_TWO_COPIES_MAX_MEMORY_SHARE:
-        log.info(
-            "fp32 linears pre-packed for oneDNN only: a second copy for quietstar's decode kernel "
-            "(%.1f GB) would pass 1/8 of this machine's %.0f GB",
-            extra / 1e9,
-            memory / 1e9,
-        )
-        return False
-    for (parent, name, lin), (_, _, large) in zip(linears, packed):
+    larges = [None] * len(linears)
+    if packed is not None:
+        extra, memory = sum(lin.weight.numel() * 4 for _, _, lin in linears), physical_memory()
+        if extra > memory * FP32_TWO_COPIES_MAX_MEMORY_SHARE:
+            log.info(
+                "fp32 linears pre-packed for oneDNN only: a second copy for quietstar's decode "
+                "kernel (%.1f GB) would pass 1/8 of this machine's %.0f GB",
+                extra / 1e9,
+                memory / 1e9,
+            )
+            return False
+        larges = [large for _, _, large in packed]
+    for (parent, name, lin), large in zip(linears, larges):
         setattr(parent, name, RowsLinear(lin, large=large))
-    log.info(
-        "%d fp32 linears: decode steps through quietstar's CPU kernel, prefill and scoring "
-        "through oneDNN pre-packed weights (%.1f GB more memory)",
-        len(linears),
-        extra / 1e9,
-    )
+    if packed is None:
+        log.info("%d bf16 linears decode through quietstar's CPU kernel", len(linears))
+    else:
+        log.info(
+            "%d fp32 linears: decode steps through quietstar's CPU kernel, prefill and scoring "
+            "through oneDNN pre-packed weights (%.1f GB more memory)",
+            len(linears),
+            extra / 1e9,
+        )
     return True
 
 
