@@ -151,7 +151,7 @@ def test_a_refusal_in_the_core_keeps_its_param(served):
 
 def test_disconnect_and_stop_strings_abort_in_the_core(served):
     _, core, base, _ = served
-    slow = completion(max_tokens=200, stream=True, thoughts={"enabled": True, "tokens": 8})
+    slow = completion(max_tokens=200, stream=True, thoughts={"enabled": True, "tokens": 32})
     with (
         httpx.Client(timeout=TIMEOUT) as client,
         client.stream("POST", f"{base}/v1/completions", json=slow) as response,
@@ -160,7 +160,7 @@ def test_disconnect_and_stop_strings_abort_in_the_core(served):
         for _ in range(3):
             next(events)
         assert core.num_running == 1
-    # 200 tokens x 10 steps would take many seconds; the core reports the slot freed at once
+    # 200 tokens x 34 steps would take seconds; the core reports the slot freed at once
     wait_for(lambda: core.num_running == 0, what="the core to drop the request")
     free = httpx.post(f"{base}/v1/completions", json=completion(max_tokens=12, temperature=0))
     text = free.json()["choices"][0]["text"]
@@ -181,7 +181,7 @@ def test_killed_core_fails_in_flight_requests_and_stops_the_server(served):
     stopped = threading.Event()
     app.state.on_fatal = stopped.set
     results: dict[str, httpx.Response] = {}
-    body = completion(max_tokens=200, thoughts={"enabled": True, "tokens": 8})
+    body = completion(max_tokens=200, thoughts={"enabled": True, "tokens": 32})
 
     def send(name: str, stream: bool) -> None:
         results[name] = httpx.post(

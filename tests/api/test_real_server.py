@@ -260,7 +260,7 @@ def test_dropped_stream_frees_the_engine_slot(server):
         "max_tokens": 200,
         "stream": True,
         "ignore_eos": True,
-        "thoughts": {"tokens": 8},
+        "thoughts": {"tokens": 32},
     }
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with (
@@ -282,15 +282,16 @@ def test_sigterm_drains_then_exits_cleanly(checkpoint):
     """SIGTERM: a short stream finishes within --shutdown-timeout, a long one is then aborted
     (through the engine-core process), and the server exits cleanly."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with running_server(checkpoint, "--shutdown-timeout", "2") as (proc, base, log):
+    flags = ("--shutdown-timeout", "2", "--max-thought-tokens", "128")
+    with running_server(checkpoint, *flags) as (proc, base, log):
         long = {
             "model": "tiny",
             "prompt": "Once",
             "max_tokens": 240,
             "stream": True,
             "ignore_eos": True,
-            "thoughts": {"tokens": 32},
-        }  # 34 steps a token: seconds
+            "thoughts": {"tokens": 128, "count": 4},
+        }  # 130 steps of 4 thought rows a token: far more than the 2 s drain, on any CPU
         short = {**long, "max_tokens": 16, "thoughts": {"enabled": False}}
         with (
             httpx.Client(timeout=60) as client,
@@ -319,7 +320,7 @@ def test_killed_engine_core_stops_the_server(server_process):
     log.seek(0)
     pid = int(re.search(rb"engine core ready \(pid (\d+)", log.read()).group(1))
     body = {"model": "tiny", "prompt": "Once", "max_tokens": 200, "stream": True}
-    body.update(ignore_eos=True, thoughts={"tokens": 8})
+    body.update(ignore_eos=True, thoughts={"tokens": 32})
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with (
         httpx.Client(timeout=30) as client,

@@ -10,10 +10,14 @@ import pytest
 from server.engine import AsyncEngine, EngineConfig, FinishReason, SamplingParams, ThoughtParams
 from tests.engine.engine_support import make_engine, prompt_ids, tiny_model
 
+# 34 model steps per visible token: a 200-token request runs for seconds, so that an abort
+# or a shutdown reaches it while it runs, even on a fast CPU
+SLOW = ThoughtParams(enabled=True, num_tokens=32)
+
 
 @pytest.fixture
 def async_engine():
-    engine = make_engine(tiny_model("llama", heads_seed=11), max_num_seqs=2)
+    engine = make_engine(tiny_model("llama", heads_seed=11), max_num_seqs=2, max_thought_tokens=32)
     ae = AsyncEngine(EngineConfig(model="test"), engine=engine)
     ae.start()
     yield ae
@@ -75,7 +79,7 @@ def test_breaking_out_of_the_iterator_aborts_and_frees_the_slot(async_engine, mo
         temperature=1.0,
         seed=4,
         ignore_eos=True,
-        thoughts=ThoughtParams(enabled=True, num_tokens=4),
+        thoughts=SLOW,
     )
 
     async def main():
@@ -100,7 +104,7 @@ def test_breaking_out_of_the_iterator_aborts_and_frees_the_slot(async_engine, mo
 
 
 def test_explicit_abort_finishes_the_stream(async_engine):
-    long = SamplingParams(max_tokens=200, temperature=1.0, seed=4, ignore_eos=True)
+    long = SamplingParams(max_tokens=200, temperature=1.0, seed=4, ignore_eos=True, thoughts=SLOW)
 
     async def main():
         outputs = []
@@ -140,7 +144,7 @@ def test_score_and_refusals(async_engine):
 def test_shutdown_ends_the_thread_and_aborts_running_requests(async_engine):
     thread = async_engine._thread
     assert thread is not None and thread.is_alive()
-    long = SamplingParams(max_tokens=200, temperature=1.0, seed=4, ignore_eos=True)
+    long = SamplingParams(max_tokens=200, temperature=1.0, seed=4, ignore_eos=True, thoughts=SLOW)
 
     async def main():
         stream = async_engine.generate("cut", prompt_ids(6, seed=3), long)
