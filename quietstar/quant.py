@@ -140,6 +140,7 @@ class Int4Linear(nn.Module):
                 f"features; choose one of {[g for g in INT4_GROUP_SIZES if self.in_features % g == 0]}"
             )
         pad = -self.out_features % 16
+        self.padded = pad > 0
         w = torch.cat([weight, weight.new_zeros(pad, self.in_features)]) if pad else weight
         q, scales_zeros = quantize_int4(w, group_size)
         self.register_buffer("packed", _pack_int4(q))

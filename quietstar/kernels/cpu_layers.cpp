@@ -23,8 +23,9 @@ using quietstar_cpu::linear_int8;
 using quietstar_cpu::rms_norm;
 using quietstar_cpu::rope;
 
-// Each layer's entries in `weights`, in this order; a projection is its weight (bf16, fp32, or
-// int8 with one fp32 scale per output channel), its scales (int8 only) and its bias (or None).
+// Each layer's entries in `weights`, in this order; a projection is its weight (bf16, fp32, int8
+// with one fp32 scale per output channel, or int4 codes in PyTorch's CPU packing), its scales
+// (int8: (N,) fp32; int4: scales and zeros (K / G, N, 2); None otherwise) and its bias (or None).
 enum Entry {
   kInputNorm,
   kQkv,
@@ -47,9 +48,18 @@ at::Tensor project(const at::Tensor& x, const Weights& w, int64_t at) {
   const at::Tensor& weight = required(w, at);
   const c10::optional<at::Tensor>& bias = w[at + 2];
   if (weight.scalar_type() == at::kChar) return linear_int8(x, weight, required(w, at + 1), bias);
+  if (weight.scalar_type() == at::kByte) {  // int4: PyTorch's kernel, as quietstar.quant's layer
+    const at::Tensor& scales_zeros = required(w, at + 1);
+    TORCH_CHECK(scales_zeros.dim() == 3 && x.size(1) % scales_zeros.size(0) == 0,
+                "decode_layers: projection ", at, " has int4 scales of shape ",
+                scales_zeros.sizes(), " for ", x.size(1), " input features");
+    const at::Tensor y = at::_weight_int4pack_mm_for_cpu(
+        x, weight, x.size(1) / scales_zeros.size(0), scales_zeros);
+    return bias.has_value() && bias->defined() ? y + *bias : y;
+  }
   if (weight.scalar_type() == at::kFloat) return linear_fp32(x, weight, bias);
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "decode_layers: projection ", at,
-              " has a ", c10::toString(weight.scalar_type()), " weight; bf16, fp32 or int8 only");
+              " has a ", c10::toString(weight.scalar_type()), " weight; bf16, fp32, int8 or int4 only");
   return linear_bf16(x, weight, bias);
 }
 

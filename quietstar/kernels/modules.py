@@ -135,10 +135,11 @@ class KernelDecoderLayers:
     `quietstar_cpu::decode_layers` call: the ops of `DecoderLayer` on the kernel path, in the
     same order and with the same roundings (bitwise equal results), without the Python between
     them (about 3 ms of a 14 ms step at one row for the default model). Built by `of` where
-    every layer runs on the kernels (bf16 or int8 weights, kernel norms); a step takes it when it
-    has few enough rows for every linear's kernel (`max_rows`) and runs outside torch.compile."""
+    every layer runs on the kernels (bf16, fp32 or int8 weights on quietstar's, int4 ones on
+    PyTorch's; kernel norms); a step takes it when it has few enough rows for every linear's
+    kernel (`max_rows`) and runs outside torch.compile."""
 
-    # A projection's entries: weight, int8 scales (None for bf16) and bias (or None).
+    # A projection's entries: weight, scales (int8, int4; None otherwise) and bias (or None).
     PER_LAYER = 14
 
     def __init__(self, layers, heads: int, eps: float, max_rows: int):
@@ -155,8 +156,9 @@ class KernelDecoderLayers:
     @classmethod
     def of(cls, backbone) -> KernelDecoderLayers | None:
         """For a backbone after `fuse_for_inference`, or None where some layer leaves the kernels
-        (fp32 weights pre-packed for oneDNN, int4 weights, no kernel build, CUDA)."""
-        from ..quant import Int8Linear
+        (fp32 weights pre-packed for oneDNN, int4 output rows padded for PyTorch's packing, no
+        kernel build, CUDA)."""
+        from ..quant import Int4Linear, Int8Linear
         from . import cpu_ops
 
         if cpu_ops() is None or not backbone.is_fused:
@@ -174,6 +176,8 @@ class KernelDecoderLayers:
                     max_rows = min(max_rows, linear.max_rows)
                 elif isinstance(linear, Int8Linear) and linear.use_kernel:
                     max_rows = min(max_rows, linear.max_rows.get(dtype, 0))
+                elif isinstance(linear, Int4Linear) and linear.is_cpu and not linear.padded:
+                    pass  # PyTorch's int4 kernel, at any number of rows
                 else:
                     return None
         if len(eps) != 1 or max_rows < 1:
@@ -194,5 +198,10 @@ class KernelDecoderLayers:
 
 
 def _projection(linear) -> list[torch.Tensor | None]:
-    scales = getattr(linear, "scales_fp32", None)  # an Int8Linear's; None for bf16
-    return [linear.weight, scales, linear.bias]
+    """weight, scales, bias: bf16/fp32 (scales None), int8 (fp32 scales), int4 (packed codes,
+    scales and zeros)."""
+    from ..quant import Int4Linear
+
+    if isinstance(linear, Int4Linear):
+        return [linear.packed, linear.scales_zeros, linear.bias]
+    return [linear.weight, getattr(linear, "scales_fp32", None), linear.bias]

@@ -1,6 +1,6 @@
 """Every decoder layer of a decode step in one `quietstar_cpu::decode_layers` call computes,
-bitwise, what the layer-by-layer kernel path computes: for base, thought and padding rows, bf16
-and int8 weights, q/k/v biases; it is taken only where every layer runs on the kernels and the
+bitwise, what the layer-by-layer kernel path computes: for base, thought and padding rows, bf16,
+fp32, int8 and int4 weights, q/k/v biases; it is taken only where every layer runs on the kernels and the
 step has few enough rows, and it names bad input."""
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ pytestmark = pytest.mark.skipif(
     reason="quietstar's linear kernels are not built or not used on this CPU",
 )
 
-# (family, dtype, quantize): bf16, int8 (under fp32 and bf16 activations) and fp32 weights; qwen2
-# has q/k/v biases and a tied LM head
+# (family, dtype, quantize): bf16, int8 and int4 (each under fp32 and bf16 activations) and fp32
+# weights; qwen2 has q/k/v biases and a tied LM head
 CASES = [
     ("llama", torch.bfloat16, None),
     ("qwen2", torch.bfloat16, None),
     ("qwen2", torch.float32, "int8"),
     ("llama", torch.bfloat16, "int8"),
+    ("qwen2", torch.float32, "int4"),
+    ("llama", torch.bfloat16, "int4"),
     ("llama", torch.float32, None),
 ]
 
@@ -95,11 +97,13 @@ def test_steps_with_more_rows_than_the_kernels_take_go_layer_by_layer():
 
 
 def test_models_off_the_kernels_keep_the_layers(monkeypatch):
-    """int4 weights take PyTorch's kernel, and fp32 ones too large for a second copy oneDNN's
-    pre-packed layers only: no fused call."""
+    """int4 layers whose output rows PyTorch's packing padded (cut off after the matmul), and fp32
+    weights too large for a second copy (oneDNN's pre-packed layers only): no fused call."""
     from quietstar import packed
 
     model = quietstar.load(tiny_dir("llama"), dtype=torch.bfloat16, quantize="int4")
+    assert KernelDecoderLayers.of(model.backbone) is not None
+    model.backbone.layers[1].mlp.down_proj.padded = True
     assert KernelDecoderLayers.of(model.backbone) is None
     monkeypatch.setattr(packed, "physical_memory", lambda: 1 << 20)
     model = quietstar.load(tiny_dir("llama"), dtype=torch.float32)
@@ -128,8 +132,13 @@ def test_bad_input_is_named():
         op(x, cos, cos, missing, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
     wrong = list(layers.weights)
     wrong[1] = wrong[1].double()
-    with pytest.raises(RuntimeError, match="bf16, fp32 or int8 only"):
+    with pytest.raises(RuntimeError, match="bf16, fp32, int8 or int4 only"):
         op(x, cos, cos, wrong, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
+    int4 = quietstar.load(tiny_dir("llama"), dtype=torch.bfloat16, quantize="int4")
+    weights = list(KernelDecoderLayers.of(int4.backbone).weights)
+    weights[2] = torch.zeros(3, 128, 2, dtype=torch.bfloat16)  # 3 groups do not divide 64
+    with pytest.raises(RuntimeError, match=r"int4 scales of shape \[3, 128, 2\] for 64 input"):
+        op(x, cos, cos, weights, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
     # one layer's caches but the weights of two
     with pytest.raises(RuntimeError, match="weight entries for 1 layers"):
         op(x, cos, cos, layers.weights, k[:1], k[:1].clone(), None, None, info, 4, 1e-5, 0.25)
