@@ -31,9 +31,40 @@ struct Segment {
   int64_t k_step, v_step, length;
 };
 
+// row[0..n) <- its softmax, in vector lanes (exp within 2 ulp, see cpu_vec.h); the order of
+// every sum depends on n only. A NaN score makes its exp, the denominator and so the whole row
+// NaN, whatever the maximum saw.
+inline void softmax_row(float* row, int64_t n) {
+  if (n == 0) return;
+  const int64_t body = n / kLanes * kLanes;
+  float top = -std::numeric_limits<float>::infinity();
+  if (body) {
+    Reg m = broadcast(top);
+    for (int64_t j = 0; j < body; j += kLanes) m = max(m, load(row + j));
+    top = max_lanes(m);
+  }
+  for (int64_t j = body; j < n; ++j) top = std::max(top, row[j]);
+  const Reg minus_top = broadcast(-top);
+  Reg acc = zero();
+  for (int64_t j = 0; j < body; j += kLanes) {
+    const Reg e = exp(add(load(row + j), minus_top));
+    store(row + j, e);
+    acc = add(acc, e);
+  }
+  float denom = sum(acc);
+  for (int64_t j = body; j < n; ++j) denom += (row[j] = std::exp(row[j] - top));
+  const float inv = 1.0f / denom;
+  const Reg invv = broadcast(inv);
+  for (int64_t j = 0; j < body; j += kLanes) store(row + j, mul(load(row + j), invv));
+  for (int64_t j = body; j < n; ++j) row[j] *= inv;
+}
+
 // scores[g * total + col] = (q[g] . key) * scale for every key of the segments, then each row
 // of scores becomes its softmax (fp32). GQ > 0: G as a compile-time constant (accumulators in
-// registers, each key widened once for all G rows); 0: any G.
+// registers, each key widened once for all G rows); 0: any G. With GQ <= 4, four keys at a time
+// share one reduction of their 4 x GQ accumulators (`sum4`); a segment's last few keys, and every
+// key with GQ > 4, are reduced one at a time. Which keys go which way depends on the segment's
+// length only, so a row's scores never depend on the other rows.
 template <int GQ, typename T>
 void softmax_scores(const float* q, int64_t G_, int64_t D, float scale, const Segment<T>* segments,
                     int num_segments, int64_t total, float* scores) {
@@ -41,7 +72,29 @@ void softmax_scores(const float* q, int64_t G_, int64_t D, float scale, const Se
   int64_t col = 0;
   for (int s = 0; s < num_segments; ++s) {
     const Segment<T>& seg = segments[s];
-    for (int64_t j = 0; j < seg.length; ++j, ++col) {
+    int64_t j = 0;
+    if constexpr (GQ > 0 && GQ <= 4) {
+      for (; j + 4 <= seg.length; j += 4, col += 4) {
+        Reg acc[GQ][4];
+        for (int g = 0; g < GQ; ++g)
+          for (int c = 0; c < 4; ++c) acc[g][c] = zero();
+        const T* key = seg.k + j * seg.k_step;
+        for (int64_t d = 0; d < D; d += kLanes) {
+          Reg kv[4];
+          for (int c = 0; c < 4; ++c) kv[c] = widen(key + c * seg.k_step + d);
+          for (int g = 0; g < GQ; ++g) {
+            const Reg qv = load(q + g * D + d);
+            for (int c = 0; c < 4; ++c) acc[g][c] = fma(qv, kv[c], acc[g][c]);
+          }
+        }
+        for (int g = 0; g < GQ; ++g) {
+          float four[4];
+          sum4(acc[g], four);
+          for (int c = 0; c < 4; ++c) scores[g * total + col + c] = four[c] * scale;
+        }
+      }
+    }
+    for (; j < seg.length; ++j, ++col) {
       const T* key = seg.k + j * seg.k_step;
       if constexpr (GQ > 0) {
         Reg acc[GQ];
@@ -60,15 +113,7 @@ void softmax_scores(const float* q, int64_t G_, int64_t D, float scale, const Se
       }
     }
   }
-  for (int64_t g = 0; g < G; ++g) {
-    float* row = scores + g * total;
-    float top = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < total; ++j) top = std::max(top, row[j]);
-    float denom = 0.0f;
-    for (int64_t j = 0; j < total; ++j) denom += (row[j] = std::exp(row[j] - top));
-    const float inv = total ? 1.0f / denom : 0.0f;
-    for (int64_t j = 0; j < total; ++j) row[j] *= inv;
-  }
+  for (int64_t g = 0; g < G; ++g) softmax_row(scores + g * total, total);
 }
 
 // out (G, D) = probabilities (scores) applied to the values; with GQ > 0, each value chunk is

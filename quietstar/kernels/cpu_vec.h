@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #endif
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -36,6 +37,16 @@ inline Reg widen(const float* p) { return _mm512_loadu_ps(p); }
 inline Reg broadcast(float v) { return _mm512_set1_ps(v); }
 inline Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
 inline void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
+inline Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+// The larger lane by lane; a NaN in `b` is kept (the instruction returns its second operand).
+inline Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+inline Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
+inline float max_lanes(Reg a) { return _mm512_reduce_max_ps(a); }
+inline Reg floor(Reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+inline Reg pow2(Reg n) {  // 2^n for integral n in [-127, 128]
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
 // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
 inline Reg pair_lanes(Reg a, Reg b) {
   return _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
@@ -84,6 +95,20 @@ inline Reg widen(const float* p) { return _mm256_loadu_ps(p); }
 inline Reg broadcast(float v) { return _mm256_set1_ps(v); }
 inline Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
 inline void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }
+inline Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+inline Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+inline Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+inline float max_lanes(Reg a) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+inline Reg floor(Reg a) { return _mm256_floor_ps(a); }
+inline Reg pow2(Reg n) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
 inline Reg pair_lanes(Reg a, Reg b) {  // as the AVX-512 one, per 128-bit lane
   return _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
 }
@@ -122,12 +147,38 @@ inline Reg widen(const float* p) { return *p; }
 inline Reg broadcast(float v) { return v; }
 inline Reg mul(Reg a, Reg b) { return a * b; }
 inline void store(float* p, Reg a) { *p = a; }
+inline Reg add(Reg a, Reg b) { return a + b; }
+inline Reg max(Reg a, Reg b) { return a > b ? a : b; }
+inline float max_lanes(Reg a) { return a; }
 inline void sum4(const Reg* a, float* out) {
   for (int i = 0; i < 4; ++i) out[i] = a[i];
 }
 inline void sum16(const Reg* a, float* out) {
   for (int i = 0; i < 16; ++i) out[i] = a[i];
 }
+#endif
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+// e^x in every lane, within 2 ulp of expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two
+// for an exact n ln2), e^r by its degree-6 polynomial (Cephes' coefficients), times 2^n. Results
+// below 2^-126 are flushed to 0, x above 88.37 saturates, and a NaN stays NaN (min and max
+// return their second operand when either is NaN).
+inline Reg exp(Reg x) {
+  x = min(broadcast(88.3762626647949f), max(broadcast(-88.0f), x));
+  const Reg n = floor(fma(x, broadcast(1.44269504088896341f), broadcast(0.5f)));
+  Reg r = fma(n, broadcast(-0.693359375f), x);
+  r = fma(n, broadcast(2.12194440e-4f), r);
+  Reg p = broadcast(1.9875691500E-4f);
+  p = fma(p, r, broadcast(1.3981999507E-3f));
+  p = fma(p, r, broadcast(8.3334519073E-3f));
+  p = fma(p, r, broadcast(4.1665795894E-2f));
+  p = fma(p, r, broadcast(1.6666665459E-1f));
+  p = fma(p, r, broadcast(5.0000001201E-1f));
+  p = fma(p, mul(r, r), add(r, broadcast(1.0f)));
+  return mul(p, pow2(n));
+}
+#else
+inline Reg exp(Reg x) { return std::exp(x); }
 #endif
 
 }  // namespace quietstar_cpu

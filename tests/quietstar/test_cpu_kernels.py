@@ -274,6 +274,26 @@ def test_decode_attention_writes_then_matches_float64_softmax(ops, dtype, G):
         assert (out[i].double() - p @ values.double()).abs().max() < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_decode_attention_over_long_prefixes_and_a_nan_key(ops, dtype):
+    """Prefixes of hundreds of keys (whole vector blocks of scores and key quartets plus tails)
+    match float64; a NaN key poisons its own row's output and no other."""
+    g = torch.Generator().manual_seed(8)
+    S, kvh, G, D, P = 3, 1, 3, 64, 700
+    k, v = (torch.randn(S, kvh, P, D, generator=g).to(dtype) for _ in range(2))
+    lengths = [699, 300, 257]
+    info = torch.tensor([[i, n, -1, 0, 0, i, n - 1] for i, n in enumerate(lengths)])
+    q = torch.randn(3, kvh, G, D, generator=g).to(dtype)
+    k_new, v_new = (torch.randn(3, kvh, D, generator=g).to(dtype) for _ in range(2))
+    k_new[2, 0, 5] = float("nan")  # row 2 writes a NaN key, then reads it
+    out = ops.decode_attention(q, k_new, v_new, k, v, None, None, info, D**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for i, n in enumerate(lengths[:2]):
+        p = torch.softmax(q[i].double() @ k[i, :, :n].double().transpose(-1, -2) * D**-0.5, -1)
+        assert (out[i].double() - p @ v[i, :, :n].double()).abs().max() < tol
+    assert out[2].isnan().all() and not out[:2].isnan().any()
+
+
 def test_decode_attention_refuses_rows_outside_the_cache(ops):
     k, v = torch.randn(2, 1, 8, 16), torch.randn(2, 1, 8, 16)
     q, new = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 16)
