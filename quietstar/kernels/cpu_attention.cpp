@@ -153,6 +153,109 @@ void weighted_values(const float* scores, int64_t G_, int64_t D, const Segment<T
   }
 }
 
+#if defined(__AVX512BF16__)
+// bf16 caches with AVX512-BF16: vdpbf16ps multiplies 32 bf16 pairs per instruction, so keys and
+// values are read as stored, never widened. Scores: q (bf16, as the model computed it) against
+// four keys at a time, products exact and summed in fp32. Values: the probabilities are rounded
+// to bf16 (as PyTorch's bf16 attention does before its value product) and two keys' value rows
+// are interleaved into (v_j, v_j+1) pairs against (p_j, p_j+1); a segment's odd last key pairs
+// with zeros. Sums run in fp32 in an order that depends on the segment lengths only.
+template <int GQ>
+void attend_head_bf16(const uint16_t* q, int64_t G_, int64_t D, float scale,
+                      const Segment<uint16_t>* segments, int num_segments, float* scores,
+                      uint16_t* probs, float* out) {
+  const int64_t G = GQ ? GQ : G_;
+  int64_t total = 0;
+  for (int s = 0; s < num_segments; ++s) total += segments[s].length;
+  auto pairs = [](const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); };
+  constexpr int GN = GQ ? GQ : 1;  // query rows per pass: all G, or one at a time
+  int64_t col = 0;
+  for (int s = 0; s < num_segments; ++s) {
+    const Segment<uint16_t>& seg = segments[s];
+    for (int64_t j = 0; j < seg.length; j += 4) {
+      const int keys = static_cast<int>(std::min<int64_t>(4, seg.length - j));
+      for (int64_t g0 = 0; g0 < G; g0 += GN) {
+        __m512 acc[GN][4];
+        for (int g = 0; g < GN; ++g)
+          for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 32) {
+          __m512bh kv[4];
+          for (int c = 0; c < 4; ++c)
+            kv[c] = c < keys ? pairs(seg.k + (j + c) * seg.k_step + d) : (__m512bh)_mm512_setzero_si512();
+          for (int g = 0; g < GN; ++g) {
+            const __m512bh qv = pairs(q + (g0 + g) * D + d);
+            for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_dpbf16_ps(acc[g][c], qv, kv[c]);
+          }
+        }
+        for (int g = 0; g < GN; ++g) {
+          float four[4];
+          sum4(acc[g], four);
+          for (int c = 0; c < keys; ++c) scores[(g0 + g) * total + col + j + c] = four[c] * scale;
+        }
+      }
+    }
+    col += seg.length;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    softmax_row(scores + g * total, total);
+    int64_t j = 0;
+    for (; j + 16 <= total; j += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs + g * total + j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(scores + g * total + j)));
+    if (j < total) {  // the last few, through a zero-padded block of 16
+      alignas(64) float tail[16] = {};
+      alignas(32) uint16_t rounded[16];
+      std::copy(scores + g * total + j, scores + (g + 1) * total, tail);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(rounded),
+                         (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(tail)));
+      std::copy(rounded, rounded + (total - j), probs + g * total + j);
+    }
+  }
+  // out[g] over 32 columns of d at a time: lo/hi hold the columns of each 128-bit lane's
+  // first/second four (unpacklo/hi's order), put back in order at the end.
+  const __m512i lo_then_hi = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i rest = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t d = 0; d < D; d += 32) {
+    __m512 lo[GQ ? GQ : 1], hi[GQ ? GQ : 1];
+    for (int64_t g0 = 0; g0 < G; g0 += (GQ ? GQ : 1)) {
+      const int64_t gn = GQ ? GQ : 1;
+      for (int64_t g = 0; g < gn; ++g) lo[g] = hi[g] = _mm512_setzero_ps();
+      int64_t c0 = 0;
+      for (int s = 0; s < num_segments; ++s) {
+        const Segment<uint16_t>& seg = segments[s];
+        for (int64_t j = 0; j < seg.length; j += 2) {
+          const bool pair = j + 1 < seg.length;
+          const __m512i a = _mm512_loadu_si512(seg.v + j * seg.v_step + d);
+          const __m512i b = pair ? _mm512_loadu_si512(seg.v + (j + 1) * seg.v_step + d)
+                                 : _mm512_setzero_si512();
+          const __m512bh vlo = (__m512bh)_mm512_unpacklo_epi16(a, b);
+          const __m512bh vhi = (__m512bh)_mm512_unpackhi_epi16(a, b);
+          for (int64_t g = 0; g < gn; ++g) {
+            const uint16_t* pg = probs + (g0 + g) * total + c0 + j;
+            const uint32_t both = pair ? static_cast<uint32_t>(pg[0]) | static_cast<uint32_t>(pg[1]) << 16
+                                       : static_cast<uint32_t>(pg[0]);
+            const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(both));
+            lo[g] = _mm512_dpbf16_ps(lo[g], vlo, pv);
+            hi[g] = _mm512_dpbf16_ps(hi[g], vhi, pv);
+          }
+        }
+        c0 += seg.length;
+      }
+      for (int64_t g = 0; g < gn; ++g) {
+        _mm512_storeu_ps(out + (g0 + g) * D + d, _mm512_permutex2var_ps(lo[g], lo_then_hi, hi[g]));
+        _mm512_storeu_ps(out + (g0 + g) * D + d + 16, _mm512_permutex2var_ps(lo[g], rest, hi[g]));
+      }
+    }
+  }
+}
+constexpr bool kBf16Attention = true;
+#else
+template <int GQ>
+void attend_head_bf16(const uint16_t*, int64_t, int64_t, float, const Segment<uint16_t>*, int,
+                      float*, uint16_t*, float*) {}
+constexpr bool kBf16Attention = false;
+#endif
+
 // out[g] = softmax over every key of the segments of (q[g] . key) * scale, applied to the values;
 // q (G, D) fp32, out (G, D) fp32; scores is G * (total keys) scratch.
 template <typename T>
@@ -215,9 +318,12 @@ void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::T
       std::memcpy(vd, vn + (i * kvh + h) * D, D * sizeof(T));
     }
   }
-  const float* qp = qf.data_ptr<float>();
+  const float* qp = qf.scalar_type() == at::kFloat ? qf.data_ptr<float>() : nullptr;
+  // bf16 queries (the bf16 dot-product path) or fp32 ones
+  const auto* qb = qp ? nullptr : reinterpret_cast<const uint16_t*>(qf.data_ptr());
   at::parallel_for(0, N * kvh, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    std::vector<uint16_t> probs;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task / kvh, h = task % kvh;
       const int64_t* r = info + i * kInfo;
@@ -231,7 +337,26 @@ void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::T
                                  c.tk.stride(3), c.tv.stride(3), r[kThought]};
         num_segments = 2;
       }
-      scores.resize(G * std::max<int64_t>(r[kPrefix] + (num_segments > 1 ? r[kThought] : 0), 1));
+      const int64_t keys = r[kPrefix] + (num_segments > 1 ? r[kThought] : 0);
+      scores.resize(G * std::max<int64_t>(keys, 1));
+      if constexpr (std::is_same_v<T, uint16_t> && kBf16Attention) {
+        if (qb) {
+          probs.resize(G * std::max<int64_t>(keys, 1));
+          auto run = [&](auto gq) {
+            attend_head_bf16<decltype(gq)::value>(qb + task * G * D, G, D, static_cast<float>(scale),
+                                                  segments, num_segments, scores.data(),
+                                                  probs.data(), out + task * G * D);
+          };
+          switch (G) {
+            case 1: run(std::integral_constant<int, 1>{}); break;
+            case 2: run(std::integral_constant<int, 2>{}); break;
+            case 3: run(std::integral_constant<int, 3>{}); break;
+            case 4: run(std::integral_constant<int, 4>{}); break;
+            default: run(std::integral_constant<int, 0>{}); break;
+          }
+          continue;
+        }
+      }
       attend_head(qp + task * G * D, G, D, static_cast<float>(scale), segments, num_segments,
                   scores.data(), out + task * G * D);
     }
@@ -300,7 +425,10 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_new, const 
                 " writes position ", r[kWritePos], " outside [0, ", limit, ")");
   }
   const at::Tensor kn = k_new.contiguous(), vn = v_new.contiguous();
-  const at::Tensor qf = q.to(at::kFloat).contiguous();
+  // bf16 caches with AVX512-BF16 and a head dim of whole 32-lane pairs: bf16 dot products on the
+  // queries as they are; else fp32 queries
+  const bool bf16_dots = kBf16Attention && dtype == at::kBFloat16 && D % 32 == 0;
+  const at::Tensor qf = bf16_dots ? q.contiguous() : q.to(at::kFloat).contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options().dtype(at::kFloat));
   Caches caches{k, v, thoughts ? *tk : at::Tensor(), thoughts ? *tv : at::Tensor()};
   if (dtype == at::kFloat)
