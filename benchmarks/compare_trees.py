@@ -85,6 +85,18 @@ def run_alternated(trees: list[str], probe: str, args: list, repeats: int) -> di
     return runs
 
 
+def median_table(title: str, trees: list[str], runs: dict[str, list[dict]]) -> str:
+    """Markdown: one row per measurement, one column per tree, median (min–max) of its runs."""
+    lines = [f"| {title} | {' | '.join(trees)} |", "|---|" + "---|" * len(trees)]
+    for name in runs[trees[0]][0]:
+        cells = []
+        for tree in trees:
+            xs = [r[name] for r in runs[tree]]
+            cells.append(f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def tree_parser(prog: str, description: str | None, out: str) -> argparse.ArgumentParser:
     """The flags every tree comparison has: trees, dtype, threads, repeats, output path."""
     p = argparse.ArgumentParser(prog=prog, description=description)
@@ -104,15 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     args = [a.dtype, a.threads, a.tokens, a.think_tokens, a.thought_tokens]
     runs = run_alternated(a.trees, PROBE, args, a.repeats)
-    names = list(runs[a.trees[0]][0])
-    print(f"\n| measurement ({a.dtype}, {a.threads} threads) | {' | '.join(a.trees)} |")
-    print("|---|" + "---|" * len(a.trees))
-    for name in names:
-        cells = []
-        for tree in a.trees:
-            xs = [r[name] for r in runs[tree]]
-            cells.append(f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})")
-        print(f"| {name} | {' | '.join(cells)} |")
+    print("\n" + median_table(f"measurement ({a.dtype}, {a.threads} threads)", a.trees, runs))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"args": vars(a), "runs": runs}, indent=2) + "\n")
     return 0
