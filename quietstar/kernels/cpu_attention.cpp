@@ -2,7 +2,8 @@
 // key/value is written first (into its slot's prefix, or into its thought branch), then each
 // row's G query rows per key/value head attend its slot's prefix and, for a thought row, its own
 // branch, each read in place up to the row's lengths: no mask, no dense (slot, column) layout, no
-// concatenation and no log-sum-exp merge. Scores and softmax in fp32.
+// concatenation and no log-sum-exp merge. Scores and softmax in fp32; bf16 caches on AVX512-BF16
+// take bf16 dot products (attend_head_bf16).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -216,10 +217,9 @@ void attend_head_bf16(const uint16_t* q, int64_t G_, int64_t D, float scale,
   const __m512i lo_then_hi = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i rest = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   for (int64_t d = 0; d < D; d += 32) {
-    __m512 lo[GQ ? GQ : 1], hi[GQ ? GQ : 1];
-    for (int64_t g0 = 0; g0 < G; g0 += (GQ ? GQ : 1)) {
-      const int64_t gn = GQ ? GQ : 1;
-      for (int64_t g = 0; g < gn; ++g) lo[g] = hi[g] = _mm512_setzero_ps();
+    __m512 lo[GN], hi[GN];
+    for (int64_t g0 = 0; g0 < G; g0 += GN) {
+      for (int g = 0; g < GN; ++g) lo[g] = hi[g] = _mm512_setzero_ps();
       int64_t c0 = 0;
       for (int s = 0; s < num_segments; ++s) {
         const Segment<uint16_t>& seg = segments[s];
@@ -230,7 +230,7 @@ void attend_head_bf16(const uint16_t* q, int64_t G_, int64_t D, float scale,
                                  : _mm512_setzero_si512();
           const __m512bh vlo = (__m512bh)_mm512_unpacklo_epi16(a, b);
           const __m512bh vhi = (__m512bh)_mm512_unpackhi_epi16(a, b);
-          for (int64_t g = 0; g < gn; ++g) {
+          for (int g = 0; g < GN; ++g) {
             const uint16_t* pg = probs + (g0 + g) * total + c0 + j;
             const uint32_t both = pair ? static_cast<uint32_t>(pg[0]) | static_cast<uint32_t>(pg[1]) << 16
                                        : static_cast<uint32_t>(pg[0]);
@@ -241,7 +241,7 @@ void attend_head_bf16(const uint16_t* q, int64_t G_, int64_t D, float scale,
         }
         c0 += seg.length;
       }
-      for (int64_t g = 0; g < gn; ++g) {
+      for (int g = 0; g < GN; ++g) {
         _mm512_storeu_ps(out + (g0 + g) * D + d, _mm512_permutex2var_ps(lo[g], lo_then_hi, hi[g]));
         _mm512_storeu_ps(out + (g0 + g) * D + d + 16, _mm512_permutex2var_ps(lo[g], rest, hi[g]));
       }
