@@ -62,8 +62,8 @@ def build_name(cap: str | None = None) -> str:
 @functools.cache
 def cpu_ops():
     """torch.ops.quietstar_cpu (linear_bf16, linear_fp32, linear_int8, rms_norm, rope,
-    decode_attention, decode_layers) built for this CPU, or None (logged once with the reason) when they are switched off or
-    cannot be built."""
+    decode_attention, decode_layers) built for this CPU, or None (logged once with the reason)
+    when they are switched off or cannot be built."""
     if not cpu_kernels_enabled():
         log.info("quietstar CPU kernels off (QUIETSTAR_CPU_KERNELS=off): PyTorch's kernels only")
         return None

@@ -78,10 +78,11 @@ class DecodeBatch:
 
 
 class DecodeAttention:
-    def __init__(self, cache: KVCache, batch: DecodeBatch):
+    def __init__(self, cache: KVCache, batch: DecodeBatch, use_kernel: bool):
         self.cache, self.b = cache, batch
         self.biases: dict[str, torch.Tensor] = {}  # additive masks, built once per step
-        self.use_kernel: bool | None = None  # quietstar's CPU kernel; decided on the first layer
+        # quietstar's CPU kernel (`cpu_kernel_fits(cache.k)`, which the model runner asks once)
+        self.use_kernel = use_kernel
 
     # What only the PyTorch (SDPA) paths read: built on first use, once per step.
 
@@ -138,8 +139,6 @@ class DecodeAttention:
     def attend(self, layer: int, q, k, v):
         b = self.b
         q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, KVH, D)
-        if self.use_kernel is None:
-            self.use_kernel = cpu_kernel_fits(q)
         if self.use_kernel:
             return self._kernel(layer, q, k, v)  # it writes K/V itself
         self._write(layer, k, v)
@@ -279,8 +278,8 @@ def _row_info(b: DecodeBatch) -> torch.Tensor:
 
 
 def cpu_kernel_fits(q: torch.Tensor) -> bool:
-    """Whether quietstar's CPU decode attention serves these queries, or this cache (CPU, fp32 or
-    bf16, head dim a multiple of 16, and the kernels built here)."""
+    """Whether quietstar's CPU decode attention serves queries like these, or this cache (CPU,
+    fp32 or bf16, head dim a multiple of 16, and the kernels built here)."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or q.shape[-1] % 16:
         return False
     from quietstar.kernels import cpu_ops

@@ -87,8 +87,8 @@ class EngineConfig:
             "stay as they are; the elementwise work between them is fused) for the step sizes in "
             "--compile-sizes: on, off. Compiles at start-up (about 20-80 s per size for the "
             "default model on 2 cores; cached for later starts); on CPU it needs a C++ compiler, "
-            "and where quietstar's CPU kernels run every layer (bf16 or int8 weights) the eager "
-            "step is faster",
+            "and where quietstar's CPU kernels run every layer (bf16, fp32, int8 or int4 weights) "
+            "the eager step is faster",
             "choices": COMPILE,
         },
     )

@@ -170,10 +170,12 @@ class ModelRunner:
         self.device = model.device
         self.buckets = bucket_sizes(cache.max_seqs)
         self.pad = pad or cuda_graphs
-        # every layer of a decode step in one call, where the model and the cache run on
-        # quietstar's kernels (decided once: neither changes)
+        # quietstar's CPU decode attention, and every layer of a decode step in one call where
+        # the model runs on quietstar's kernels too (decided once: neither the cache nor the
+        # model changes)
+        self.kernel_attention = cpu_kernel_fits(cache.k)
         self.kernel_layers = (
-            KernelDecoderLayers.of(model.backbone) if cpu_kernel_fits(cache.k) else None
+            KernelDecoderLayers.of(model.backbone) if self.kernel_attention else None
         )
         self.graphs = self.compiled = None
         if compile_sizes:  # row counts to compile the decode network for
@@ -229,7 +231,7 @@ class ModelRunner:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, batch: DecodeBatch):
         """(N,) ids and positions -> (N, d) hidden states; no host synchronisation, so that it
         can be captured."""
-        attention = DecodeAttention(self.cache, batch)
+        attention = DecodeAttention(self.cache, batch, self.kernel_attention)
         if self.compiled is not None:
             return self.compiled.run(ids, positions, attention)
         return self._network(ids, positions, attention)
@@ -249,4 +251,4 @@ class ModelRunner:
         """A step of `num_slots` padding rows (they write only the scratch slot): for warming
         up."""
         inp = self._inputs([], num_slots)
-        return inp.ids, inp.positions, DecodeAttention(self.cache, inp.batch)
+        return inp.ids, inp.positions, DecodeAttention(self.cache, inp.batch, self.kernel_attention)
