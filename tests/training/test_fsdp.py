@@ -47,9 +47,13 @@ from training.run import (
 )
 
 # AdamW divides each gradient element by its own RMS: an element whose gradient is at fp32
-# roundoff (embedding rows of tokens absent from the batch) moves by a noisy fraction of lr.
-# 1 % of lr (1e-3) bounds that; every other element agrees to ~1e-7.
+# roundoff (embedding rows of tokens absent from the batch, a head input the batch never moves)
+# moves by a noisy fraction of lr (1e-3), which summation order alone changes. Every element
+# agrees to 1 % of lr except a few such ones (measured: 1.6 % of lr on 7 of 8192 mixing-head
+# weights on an AVX2-only CPU); those may reach one whole lr per step.
 PARAM_ATOL = 1e-5
+NOISY_FRACTION = 0.005  # of a tensor's elements, allowed beyond PARAM_ATOL
+LR = 1e-3  # train_args' --lr
 COMPARED = ("loss", "base_loss", "talk_loss", "policy_loss", "reward_mean", "grad_norm", "lr")
 LORA = ("--mode", "lora", "--lora-rank", "2")
 
@@ -138,7 +142,23 @@ def assert_records_match(got: list[dict], want: list[dict], rel: float = 1e-5) -
     assert len(got) == len(want)
     for step, (g, w) in enumerate(zip(got, want, strict=True), start=1):
         for key in COMPARED:
-            assert g[key] == pytest.approx(w[key], rel=rel, abs=1e-7), (step, key)
+            # the mean reward is a difference of log-probs (about 0.01 from log-probs near 6):
+            # a change of summation order (the processes' halves, the CPU's vector width) moves
+            # it by a fraction of those log-probs, not of itself
+            scale = abs(w["nll"]) if key == "reward_mean" else 0.0
+            assert g[key] == pytest.approx(w[key], rel=rel, abs=max(1e-7, rel * scale)), (
+                step,
+                key,
+            )
+
+
+def assert_params_close(got: torch.Tensor, want: torch.Tensor, name: str, steps: int) -> None:
+    """PARAM_ATOL (+ 1e-5 relative) everywhere but on at most NOISY_FRACTION of the elements,
+    which stay within the `steps` AdamW updates of lr each that roundoff can steer."""
+    diff = (got.float() - want.float()).abs()
+    beyond = diff > PARAM_ATOL + 1e-5 * want.float().abs()
+    assert beyond.float().mean() <= NOISY_FRACTION, (name, int(beyond.sum()), float(diff.max()))
+    assert diff.numel() == 0 or float(diff.max()) <= steps * LR, (name, float(diff.max()))
 
 
 def train_records(out: Path) -> list[dict]:
@@ -164,7 +184,7 @@ def test_sharded_steps_equal_single_process_steps(runs):
     saved = quietstar.load(tmp / "straight" / "step_000003", dtype=torch.float32)
     want = objective.model.state_dict()
     for name, value in saved.state_dict().items():
-        torch.testing.assert_close(value, want[name], rtol=1e-5, atol=PARAM_ATOL, msg=name)
+        assert_params_close(value, want[name], name, steps=3)
 
 
 def test_lora_sharded_steps_equal_single_process_steps(runs):
@@ -175,13 +195,13 @@ def test_lora_sharded_steps_equal_single_process_steps(runs):
     assert_evals_match(eval_record(tmp / "lora"), records[-1])
     state = load_trainer_state(tmp / "lora" / "step_000002")
     for name, value in objective.lora.state_dict().items():
-        torch.testing.assert_close(state["lora"][name], value, rtol=1e-5, atol=PARAM_ATOL, msg=name)
+        assert_params_close(state["lora"][name], value, name, steps=2)
     heads = load_file(tmp / "lora" / "step_000002" / "quietstar.safetensors")
     saved = quietstar.load(tmp / "lora" / "step_000002", dtype=torch.float32)
     with objective.lora.merged():  # the servable files carry the LoRA merged in
         want = objective.model.state_dict()
         for name, value in saved.state_dict().items():
-            torch.testing.assert_close(value, want[name], rtol=1e-5, atol=PARAM_ATOL, msg=name)
+            assert_params_close(value, want[name], name, steps=2)
     assert heads  # the heads file is there and was compared through quietstar.load
 
 
