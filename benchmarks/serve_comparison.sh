@@ -3,6 +3,7 @@
 # the same model folder, same client, prompts and token counts. Results: $OUT/*.json|md.
 #   VLLM_PY=/tmp/peer-vllm/bin/python benchmarks/serve_comparison.sh
 # VLLM_PRELOAD=/tmp/peer-vllm/lib/libiomp5.so preloads Intel OpenMP into the peer (its best setting).
+# DTYPE=float32 runs both servers in fp32 (default bfloat16).
 # QS_COMPILED=1 also runs quietstar with --compile on --compile-sizes 1,8 (thoughts off;
 # results quietstar-compiled-*).
 OUT=${OUT:-runs/bench}
@@ -15,7 +16,8 @@ bench() {  # base-url name extra-args... (later --num-requests / --max-tokens wi
     --max-tokens "$TOKENS" --endpoint completions --out "$OUT/$name" "$@"
 }
 
-$PY -m server --model default --port 8090 --max-num-seqs 8 >"$OUT/quietstar-server.log" 2>&1 &
+$PY -m server --model default --dtype "$DTYPE" --port 8090 --max-num-seqs 8 \
+  >"$OUT/quietstar-server.log" 2>&1 &
 QS=$!
 trap 'kill $QS 2>/dev/null || true' EXIT
 wait_healthy http://127.0.0.1:8090/health
@@ -25,8 +27,8 @@ bench http://127.0.0.1:8090/v1 quietstar-thoughts-on --thoughts on --thought-tok
 kill $QS; wait $QS 2>/dev/null || true
 
 if [ -n "${QS_COMPILED:-}" ]; then
-  $PY -m server --model default --port 8090 --max-num-seqs 8 --compile on --compile-sizes 1,8 \
-    >"$OUT/quietstar-compiled-server.log" 2>&1 &
+  $PY -m server --model default --dtype "$DTYPE" --port 8090 --max-num-seqs 8 --compile on \
+    --compile-sizes 1,8 >"$OUT/quietstar-compiled-server.log" 2>&1 &
   QS=$!
   wait_healthy http://127.0.0.1:8090/health
   bench http://127.0.0.1:8090/v1 quietstar-compiled-thoughts-off --thoughts off
