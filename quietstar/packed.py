@@ -102,23 +102,29 @@ def pack_linears(module: nn.Module) -> int:
     return len(packed)
 
 
-# fp32 weights keep their plain copy for quietstar's kernel beside oneDNN's packed one (prefill
-# and scoring) while both fit in this share of the machine's memory.
+# fp32 weights keep a copy for quietstar's kernel (bf16 where every value is one, as from a bf16
+# checkpoint; else fp32) beside oneDNN's packed one (prefill and scoring) while both fit in this
+# share of the machine's memory.
 FP32_TWO_COPIES_MAX_MEMORY_SHARE = 1 / 8
 
 
 def _use_rows_kernel(linears, packed=None) -> bool:
     """Every linear through quietstar's kernel at decode-sized steps, where the kernels serve
     every layer. bf16 (`packed` None): F.linear beyond. fp32: the oneDNN pre-packed layers in
-    `packed` beyond (prefill, scoring), if their second copy of the weights fits in
-    FP32_TWO_COPIES_MAX_MEMORY_SHARE of the memory (else pre-packed only)."""
-    from .kernels.modules import RowsLinear, linear_kernels_serve
+    `packed` beyond (prefill, scoring), if the kernel's copy of the weights (bf16 for a weight
+    whose every value is a bf16 value) fits in FP32_TWO_COPIES_MAX_MEMORY_SHARE of the memory
+    (else pre-packed only)."""
+    from .kernels.modules import RowsLinear, holds_bf16_values, linear_kernels_serve
 
     if not all(linear_kernels_serve(lin.weight) for _, _, lin in linears):
         return False
-    larges = [None] * len(linears)
+    larges, as_bf16 = [None] * len(linears), [False] * len(linears)
     if packed is not None:
-        extra, memory = sum(lin.weight.numel() * 4 for _, _, lin in linears), physical_memory()
+        as_bf16 = [holds_bf16_values(lin.weight) for _, _, lin in linears]
+        extra = sum(
+            lin.weight.numel() * (2 if b else 4) for (_, _, lin), b in zip(linears, as_bf16)
+        )
+        memory = physical_memory()
         if extra > memory * FP32_TWO_COPIES_MAX_MEMORY_SHARE:
             log.info(
                 "fp32 linears pre-packed for oneDNN only: a second copy for quietstar's decode "
@@ -128,15 +134,17 @@ def _use_rows_kernel(linears, packed=None) -> bool:
             )
             return False
         larges = [large for _, _, large in packed]
-    for (parent, name, lin), large in zip(linears, larges):
-        setattr(parent, name, RowsLinear(lin, large=large))
+    for (parent, name, lin), large, b in zip(linears, larges, as_bf16):
+        setattr(parent, name, RowsLinear(lin, large=large, as_bf16=b))
     if packed is None:
         log.info("%d bf16 linears decode through quietstar's CPU kernel", len(linears))
     else:
         log.info(
-            "%d fp32 linears: decode steps through quietstar's CPU kernel, prefill and scoring "
-            "through oneDNN pre-packed weights (%.1f GB more memory)",
+            "%d fp32 linears: decode steps through quietstar's CPU kernel (%d of them from a bf16 "
+            "copy: every value is a bf16 value), prefill and scoring through oneDNN pre-packed "
+            "weights (%.1f GB more memory)",
             len(linears),
+            sum(as_bf16),
             extra / 1e9,
         )
     return True

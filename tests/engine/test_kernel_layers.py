@@ -87,6 +87,24 @@ def test_fused_layers_equal_the_layer_by_layer_path_bitwise(family, dtype, quant
         assert results[key].thoughts == choice.thoughts
 
 
+@pytest.mark.parametrize("pad", [False, True], ids=["packed", "padded"])
+def test_fp32_model_of_bf16_values_fuses_its_bf16_copies_bitwise(pad):
+    """fp32 activations over the bf16 copies an fp32 model of bf16 values decodes from."""
+    model = load("qwen2", torch.float32, None)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.copy_(p.bfloat16().float())
+    want, _, want_results, _ = run(model, torch.float32, fused=False, pad=pad)
+    got, took, results, layers = run(model, torch.float32, fused=True, pad=pad)
+    linears = [w for w in layers.weights if w is not None and w.dim() == 2]
+    assert linears and all(w.dtype == torch.bfloat16 for w in linears)
+    assert len(took) == len(got) == len(want)
+    for step, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == torch.float32 and torch.equal(a, b), f"step {step}"
+    for key, choice in want_results.items():
+        assert results[key].token_ids == choice.token_ids
+
+
 def test_steps_with_more_rows_than_the_kernels_take_go_layer_by_layer():
     model = load("llama", torch.bfloat16, None)
     want, _, _, _ = run(model, torch.bfloat16, fused=False, pad=False)

@@ -182,6 +182,7 @@ def test_fp32_model_decodes_through_the_kernel_and_prefills_pre_packed(ops, tmp_
     rows = [m for m in fast.modules() if isinstance(m, RowsLinear)]
     assert len(rows) == 4 * fast.backbone.num_layers + 1
     assert all(isinstance(m.large, PackedLinear) for m in rows)
+    assert all(m.weight.dtype == torch.float32 for m in rows)  # random fp32 values: kept fp32
     assert rows[0].max_rows == FP32_KERNEL_MAX_ROWS
     for n, t in ((1, 1), (3, 20), (3, 30)):  # 1, 60, 90 rows: each side of the 64-row limit
         ids = torch.randint(0, 250, (n, t))
@@ -189,6 +190,42 @@ def test_fp32_model_decodes_through_the_kernel_and_prefills_pre_packed(ops, tmp_
         finite = torch.isfinite(b)
         assert torch.equal(torch.isfinite(a), finite)
         assert (a[finite] - b[finite]).abs().max() < 1e-4
+
+
+def test_fp32_weights_of_bf16_values_decode_from_a_bf16_copy_bitwise(ops, tmp_path, monkeypatch):
+    """A model loaded in fp32 from bf16 weights (the default model, most checkpoints) keeps its
+    decode kernels' copy in bf16: half the bytes, and the very results of the fp32 copy."""
+    from quietstar.kernels import modules
+    from quietstar.kernels.modules import kernel_max_rows
+
+    if not kernel_max_rows():
+        pytest.skip("the portable build leaves the linears to PyTorch")
+    if not can_prepack(torch.float32)[0]:
+        pytest.skip("no oneDNN pre-packing on this CPU")
+    path = make_hf_checkpoint(tmp_path / "tiny", "qwen2")
+
+    def fused(bf16_copies: bool):
+        model = quietstar.load(path, dtype=torch.float32)
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                p.copy_(p.bfloat16().float())  # a bf16 checkpoint's values
+        if not bf16_copies:
+            monkeypatch.setattr(modules, "holds_bf16_values", lambda w: False)
+        model.backbone.fuse_for_inference()
+        monkeypatch.undo()
+        return model
+
+    halves, fulls = fused(True), fused(False)
+    rows = [m for m in halves.modules() if isinstance(m, RowsLinear)]
+    assert rows and all(m.weight.dtype == torch.bfloat16 for m in rows)
+    assert all(
+        m.weight.dtype == torch.float32 for m in fulls.modules() if isinstance(m, RowsLinear)
+    )
+    for n, t in ((1, 1), (1, 5), (3, 3), (3, 20)):  # 1 to 60 rows through the kernel
+        ids = torch.randint(0, 250, (n, t))
+        assert torch.equal(_logits(halves, ids), _logits(fulls, ids)), (n, t)
+    with pytest.raises(ValueError, match="as_bf16 takes an fp32 weight with a `large` layer"):
+        RowsLinear(torch.nn.Linear(32, 8), as_bf16=True)
 
 
 def test_fp32_weights_too_large_for_two_copies_stay_pre_packed_only(ops, tmp_path, monkeypatch):
