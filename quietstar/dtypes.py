@@ -2,9 +2,10 @@
 
 bf16 halves the bytes a decode step reads, which wins wherever the matmul kernels run it
 natively: CUDA, and CPUs where oneDNN has a bf16 path (avx512_bf16, AMX, avx_ne_convert). On
-CPUs without one, bf16 is emulated: batch-1 decode still gains from the halved bytes, but every
-batched matmul (8 streams, thought rows, prefill, thought-aided scoring) runs several times
-slower than fp32, so `auto` picks fp32 there (the trade-off table is in benchmarks/RESULTS.md).
+CPUs without one, bf16 is emulated: every batched bf16 matmul (prefill, thought-aided scoring)
+runs several times slower than fp32, so `auto` picks fp32 there. Batch-1 decode loses nothing by
+it for a model of bf16 values: its fp32 decode kernels read exact bf16 copies of the weights
+(`quietstar.kernels.modules.RowsLinear`); the trade-off tables are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
