@@ -124,3 +124,34 @@ def test_concurrent_conversions_leave_one_folder(tmp_path):
 def test_concurrent_default_conversions_leave_one_folder(tmp_path):
     """The real 135M GGUF twice at once: ~25 s alone on 2 cores, up to a minute when busy."""
     run_two_conversions(tmp_path, None)
+
+
+def test_conversion_parses_the_gguf_once_and_writes_the_same_files(tmp_path, monkeypatch):
+    """`gguf_parsed_once` shares one parse of the file and one tensor-name map per shape between
+    transformers' tokenizer, config and weight loading; the folder it writes is byte for byte the
+    one transformers writes without it, and gguf's own names are back afterwards."""
+    import contextlib
+
+    import gguf
+
+    src = write_tiny_gguf(make_hf_checkpoint(tmp_path / "hf", "smollm2"), tmp_path / "tiny.gguf")
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    parses = []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a: parses.append(a) or reader(*a))
+    shared = default_model.convert_gguf(src, tmp_path / "shared")
+    assert len(parses) == 1
+    monkeypatch.setattr(default_model, "gguf_parsed_once", contextlib.nullcontext)
+    plain = default_model.convert_gguf(src, tmp_path / "plain")
+    assert len(parses) > 2  # what transformers does on its own: once per use
+    names = sorted(p.name for p in plain.iterdir())
+    assert names == sorted(p.name for p in shared.iterdir()) and "model.safetensors" in names
+    for name in names:
+        assert (shared / name).read_bytes() == (plain / name).read_bytes(), name
+    monkeypatch.undo()
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map
+    with default_model.gguf_parsed_once():
+        assert gguf.GGUFReader(src) is gguf.GGUFReader(src)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 2
+        )
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is name_map
