@@ -114,15 +114,16 @@ def _use_rows_kernel(linears, packed=None) -> bool:
     `packed` beyond (prefill, scoring), if the kernel's copy of the weights (bf16 for a weight
     whose every value is a bf16 value) fits in FP32_TWO_COPIES_MAX_MEMORY_SHARE of the memory
     (else pre-packed only)."""
-    from .kernels.modules import RowsLinear, holds_bf16_values, linear_kernels_serve
+    from .kernels.modules import RowsLinear, bf16_copy, linear_kernels_serve
 
     if not all(linear_kernels_serve(lin.weight) for _, _, lin in linears):
         return False
-    larges, as_bf16 = [None] * len(linears), [False] * len(linears)
+    larges, halves = [None] * len(linears), [None] * len(linears)
     if packed is not None:
-        as_bf16 = [holds_bf16_values(lin.weight) for _, _, lin in linears]
+        halves = [bf16_copy(lin.weight.detach()) for _, _, lin in linears]
         extra = sum(
-            lin.weight.numel() * (2 if b else 4) for (_, _, lin), b in zip(linears, as_bf16)
+            lin.weight.numel() * (4 if half is None else 2)
+            for (_, _, lin), half in zip(linears, halves)
         )
         memory = physical_memory()
         if extra > memory * FP32_TWO_COPIES_MAX_MEMORY_SHARE:
@@ -134,8 +135,8 @@ def _use_rows_kernel(linears, packed=None) -> bool:
             )
             return False
         larges = [large for _, _, large in packed]
-    for (parent, name, lin), large, b in zip(linears, larges, as_bf16):
-        setattr(parent, name, RowsLinear(lin, large=large, as_bf16=b))
+    for (parent, name, lin), large, half in zip(linears, larges, halves):
+        setattr(parent, name, RowsLinear(lin, large=large, bf16_weight=half))
     if packed is None:
         log.info("%d bf16 linears decode through quietstar's CPU kernel", len(linears))
     else:
@@ -144,7 +145,7 @@ def _use_rows_kernel(linears, packed=None) -> bool:
             "copy: every value is a bf16 value), prefill and scoring through oneDNN pre-packed "
             "weights (%.1f GB more memory)",
             len(linears),
-            sum(as_bf16),
+            sum(half is not None for half in halves),
             extra / 1e9,
         )
     return True

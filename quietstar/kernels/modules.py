@@ -30,30 +30,38 @@ def kernel_max_rows(activations: torch.dtype = torch.bfloat16) -> int:
 FP32_KERNEL_MAX_ROWS = 64
 
 
-def holds_bf16_values(weight: torch.Tensor) -> bool:
-    """Whether every value of an fp32 tensor is a bf16 value (a model loaded in fp32 from a bf16
-    checkpoint: most Hugging Face ones, and the default model)."""
-    return bool(torch.equal(weight, weight.bfloat16().float()))
+def bf16_copy(weight: torch.Tensor) -> torch.Tensor | None:
+    """An fp32 tensor as bf16 where every value is a bf16 value (a model loaded in fp32 from a
+    bf16 checkpoint: most Hugging Face ones, and the default model), else None."""
+    half = weight.bfloat16()
+    return half if torch.equal(half.float(), weight) else None
 
 
 class RowsLinear(nn.Module):
     """Inference-only bf16 or fp32 linear: up to `max_rows` rows through
     `quietstar_cpu::linear_bf16` / `linear_fp32`, more through `large` (an fp32 weight's oneDNN
     pre-packed layer) or F.linear. A bf16 weight stays plain, so a tied LM head still shares the
-    embedding's memory. `as_bf16` keeps an fp32 weight whose every value is a bf16 value
-    (`holds_bf16_values`, the caller's check) as bf16, beside its `large` layer: the kernel
-    widens each value back exactly and runs the same fp32 FMAs in the same order, so the layer's
-    results are those of the fp32 weight, from half the bytes a decode step reads."""
+    embedding's memory. `bf16_weight`, an fp32 weight's exact bf16 copy (`bf16_copy`), is what
+    the kernel reads in its place, beside the `large` layer: the kernel widens each value back
+    exactly and runs the same fp32 FMAs in the same order, so the layer's results are those of
+    the fp32 weight, from half the bytes a decode step reads."""
 
-    def __init__(self, linear: nn.Linear, large: nn.Module | None = None, as_bf16: bool = False):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        large: nn.Module | None = None,
+        bf16_weight: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
         weight = linear.weight.detach().contiguous()
         fp32 = weight.dtype == torch.float32
-        if as_bf16:
-            if not fp32 or large is None:
-                raise ValueError("as_bf16 takes an fp32 weight with a `large` layer for big steps")
-            weight = weight.bfloat16()
+        if bf16_weight is not None:
+            if not fp32 or large is None or bf16_weight.shape != weight.shape:
+                raise ValueError(
+                    "bf16_weight replaces an fp32 weight of its shape, beside a `large` layer"
+                )
+            weight = bf16_weight.contiguous()
         self.register_buffer("weight", weight, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach()
         self.register_buffer("bias", bias, persistent=False)

@@ -210,7 +210,7 @@ def test_fp32_weights_of_bf16_values_decode_from_a_bf16_copy_bitwise(ops, tmp_pa
             for p in model.backbone.parameters():
                 p.copy_(p.bfloat16().float())  # a bf16 checkpoint's values
         if not bf16_copies:
-            monkeypatch.setattr(modules, "holds_bf16_values", lambda w: False)
+            monkeypatch.setattr(modules, "bf16_copy", lambda w: None)
         model.backbone.fuse_for_inference()
         monkeypatch.undo()
         return model
@@ -224,8 +224,9 @@ def test_fp32_weights_of_bf16_values_decode_from_a_bf16_copy_bitwise(ops, tmp_pa
     for n, t in ((1, 1), (1, 5), (3, 3), (3, 20)):  # 1 to 60 rows through the kernel
         ids = torch.randint(0, 250, (n, t))
         assert torch.equal(_logits(halves, ids), _logits(fulls, ids)), (n, t)
-    with pytest.raises(ValueError, match="as_bf16 takes an fp32 weight with a `large` layer"):
-        RowsLinear(torch.nn.Linear(32, 8), as_bf16=True)
+    lin = torch.nn.Linear(32, 8)
+    with pytest.raises(ValueError, match="bf16_weight replaces an fp32 weight of its shape"):
+        RowsLinear(lin, bf16_weight=lin.weight.detach().bfloat16())  # no `large` layer
 
 
 def test_fp32_weights_too_large_for_two_copies_stay_pre_packed_only(ops, tmp_path, monkeypatch):
