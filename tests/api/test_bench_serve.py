@@ -122,6 +122,7 @@ def test_percentile_interpolates():
     assert online_serving.percentile([5.0], 99) == 5.0
 
 
+@pytest.mark.slow  # a whole server start and stop (~13 s on an AVX2-only CPU): CI's slow half
 def test_launch_starts_benches_and_stops_a_server(tiny_checkpoint, tmp_path):
     out = tmp_path / "launched"
     flags = f"--model {tiny_checkpoint} --dtype float32 --max-model-len 256 --num-threads 1"
