@@ -83,7 +83,7 @@ def pack_linears(module: nn.Module) -> int:
     if not linears:
         return 0
     dtype = linears[0][2].weight.dtype
-    if dtype == torch.bfloat16 and _use_rows_kernel(linears):
+    if dtype == torch.bfloat16 and _use_rows_kernel(linears, shared=_shared_weights(module)):
         return len(linears)
     ok, why = can_prepack(dtype)
     if ok:
@@ -108,7 +108,18 @@ def pack_linears(module: nn.Module) -> int:
 FP32_TWO_COPIES_MAX_MEMORY_SHARE = 1 / 8
 
 
-def _use_rows_kernel(linears, packed=None) -> bool:
+def _shared_weights(module: nn.Module) -> set[int]:
+    """Storage addresses of the parameters of `module`'s other layers (a tied LM head's weight is
+    its embedding's)."""
+    return {
+        p.data_ptr()
+        for m in module.modules()
+        if not isinstance(m, nn.Linear)
+        for p in m.parameters(recurse=False)
+    }
+
+
+def _use_rows_kernel(linears, packed=None, shared: set[int] = frozenset()) -> bool:
     """Every linear through quietstar's kernel at decode-sized steps, where the kernels serve
     every layer. bf16 (`packed` None): F.linear beyond. fp32: the oneDNN pre-packed layers in
     `packed` beyond (prefill, scoring), if the kernel's copy of the weights (bf16 for a weight
@@ -136,7 +147,8 @@ def _use_rows_kernel(linears, packed=None) -> bool:
             return False
         larges = [large for _, _, large in packed]
     for (parent, name, lin), large, half in zip(linears, larges, halves):
-        setattr(parent, name, RowsLinear(lin, large=large, bf16_weight=half))
+        is_shared = lin.weight.data_ptr() in shared
+        setattr(parent, name, RowsLinear(lin, large=large, bf16_weight=half, shared=is_shared))
     if packed is None:
         log.info("%d bf16 linears decode through quietstar's CPU kernel", len(linears))
     else:

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels.modules import kernel_max_rows, linear_kernels_serve, use_kernel_layers
+from .kernels.modules import (
+    kernel_max_rows,
+    linear_kernels_serve,
+    tiled_or_plain,
+    untile_rows,
+    use_kernel_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +99,13 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         q, scales = quantize_int8(weight)
-        self.register_buffer("weight", q)  # (N, K) int8
+        self.use_kernel = linear_kernels_serve(weight)
+        if self.use_kernel:  # the kernel's layout where the shape allows
+            q = tiled_or_plain(q)
+        self.register_buffer("weight", q)  # (N, K) int8, or tiled for the kernel
         self.register_buffer("scales", scales.to(dtype))  # (N,), what the aten kernel takes
         self.register_buffer("scales_fp32", scales)  # what quietstar's kernel takes
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.use_kernel = linear_kernels_serve(weight)
         # rows through the kernel per activation dtype; beyond, the weight is widened once and
         # multiplied by a GEMM (prefill, scoring)
         self.max_rows = {dt: kernel_max_rows(dt) for dt in (torch.bfloat16, torch.float32)}
@@ -109,7 +117,8 @@ class Int8Linear(nn.Module):
                 flat, self.weight, self.scales_fp32, self.bias
             )
         elif self.use_kernel:
-            out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales.to(flat.dtype)
+            widened = untile_rows(self.weight).to(flat.dtype)
+            out = F.linear(flat, widened) * self.scales.to(flat.dtype)
             if self.bias is not None:
                 out = out + self.bias
         else:
@@ -119,7 +128,7 @@ class Int8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:
-        return dequantize_int8(self.weight, self.scales)
+        return dequantize_int8(untile_rows(self.weight), self.scales)
 
 
 class Int4Linear(nn.Module):

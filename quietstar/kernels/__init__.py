@@ -118,13 +118,15 @@ def _drop_stale_lock(lock: Path) -> None:
 def _register_fakes() -> None:
     """Shapes for torch.compile: each op returns x's leading shape with N features."""
 
-    def out(x, n):
-        return x.new_empty(*x.shape[:-1], n)
+    from .modules import kernel_out_features
+
+    def out(x, w):
+        return x.new_empty(*x.shape[:-1], kernel_out_features(w))
 
     for op in ("linear_bf16", "linear_fp32"):
-        torch.library.register_fake(f"quietstar_cpu::{op}")(lambda x, w, bias: out(x, w.shape[0]))
+        torch.library.register_fake(f"quietstar_cpu::{op}")(lambda x, w, bias: out(x, w))
     torch.library.register_fake("quietstar_cpu::linear_int8")(
-        lambda x, w, scales, bias: out(x, w.shape[0])
+        lambda x, w, scales, bias: out(x, w)
     )
     torch.library.register_fake("quietstar_cpu::rms_norm")(lambda x, w, eps: torch.empty_like(x))
     torch.library.register_fake("quietstar_cpu::rope")(lambda x, cos, sin: x.new_empty(x.shape))

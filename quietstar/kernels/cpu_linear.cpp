@@ -9,6 +9,12 @@
 //
 // Every row's result is computed the same way whatever the number of rows (batch-invariant):
 // accumulation order depends only on K, never on M or on the thread count.
+//
+// A weight comes row-major (N, K), or tiled (N / 4, K / 32, 128): each block of 4 output
+// channels stored as K / 32 chunks of 4 x 32 values, chunk after chunk
+// (`quietstar.kernels.modules.tile_rows` makes it once at load). The results are the same, bit
+// for bit; what changes is that the kernel reads a tiled weight front to back, where a row-major
+// one is four interleaved streams that the hardware prefetchers follow badly.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -28,8 +34,8 @@ namespace {
 
 using namespace quietstar_cpu;
 
-// Prefetch the same columns kAhead blocks of output channels ahead: each thread walks its weight
-// rows in order, and a decode step reads them from DRAM.
+// Prefetch the same columns kAhead output channels (two blocks) ahead: each thread walks its
+// weight rows in order, and a decode step reads them from DRAM.
 constexpr int64_t kAhead = 8;
 template <typename T>
 inline void prefetch(const T* p) {
@@ -38,6 +44,31 @@ inline void prefetch(const T* p) {
 
 constexpr int kBlockN = 4;  // output channels per block: independent FMA chains, one weight
 constexpr int kBlockM = 4;  // activation rows per tile: each widened weight serves them all
+
+// The tiled layout: blocks of kBlockN rows, each K / kChunk chunks of kBlockN x kChunk values.
+constexpr int64_t kChunk = 32;
+static_assert(kChunk % kLanes == 0, "a vector load stays within a chunk");
+
+// Where a weight's values lie: L::row(w, n, K) is row n's first value in layout L, row-major or
+// tiled, and for_columns<L, Step>(K, step) calls step(k, offset) for k = 0, Step, 2 Step, ... < K,
+// where `offset` is column k's place from any row's first value (whole chunks at a time in the
+// tiled layout, so that the offsets within a chunk are constants).
+struct RowMajor {
+  template <typename T>
+  static const T* row(const T* w, int64_t n, int64_t K) { return w + n * K; }
+};
+struct Tiled {
+  template <typename T>
+  static const T* row(const T* w, int64_t n, int64_t K) {
+    return w + (n / kBlockN) * kBlockN * K + (n % kBlockN) * kChunk;
+  }
+};
+template <typename L, int Step, typename F>
+inline void for_columns(int64_t K, F step) {
+  static_assert(kChunk % Step == 0, "a step stays within a chunk");
+  constexpr int64_t skip = std::is_same_v<L, Tiled> ? (kBlockN - 1) * kChunk : 0;
+  for (int64_t k = 0; k < K; k += Step) step(k, k + (k / kChunk) * skip);
+}
 
 // sums[i * kBlockN + j] = the lanes' sum of acc[i * NB + j], for a tile's MB x NB accumulators
 // (NB = 4, or 2 with MB up to 8): 16 at once where the tile has them, else 4 at a time, in the
@@ -61,24 +92,24 @@ inline void store_sums(const Reg* acc, float* sums) {
 }
 
 // sums[i * kBlockN + j] = sum over k in [0, K) of x[i, k] * W_j[k] for MB rows of x starting at
-// `x` and the kBlockN weight rows `rows` (T: bf16 bits, fp32 or int8). MB is a compile-time
-// constant so that every accumulator stays in a register.
-template <int MB, typename T>
+// `x` and the kBlockN weight rows `rows` (T: bf16 bits, fp32 or int8) in layout L. MB is a
+// compile-time constant so that every accumulator stays in a register.
+template <int MB, typename L, typename T>
 inline void dot_tile(const T* const* rows, const float* x, int64_t K, float* sums) {
   Reg acc[MB][kBlockN];
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < kBlockN; ++j) acc[i][j] = zero();
-  for (int64_t k = 0; k < K; k += kLanes) {
+  for_columns<L, kLanes>(K, [&](int64_t k, int64_t at) {
     Reg w[kBlockN];
     for (int j = 0; j < kBlockN; ++j) {
-      prefetch(rows[j] + kAhead * K + k);
-      w[j] = widen(rows[j] + k);
+      prefetch(rows[j] + at + kAhead * K);  // the block two on
+      w[j] = widen(rows[j] + at);
     }
     for (int i = 0; i < MB; ++i) {
       const Reg xv = load(x + i * K + k);
       for (int j = 0; j < kBlockN; ++j) acc[i][j] = fma(xv, w[j], acc[i][j]);
     }
-  }
+  });
   store_sums<MB, kBlockN>(acc[0], sums);
 }
 
@@ -96,27 +127,27 @@ inline __m512bh bf16_pairs(const int8_t* p) {
 // dot_tile for bf16 activations `x` (MB rows of K bf16 bits) and NB weight rows, K a multiple
 // of 32; sums[i * kBlockN + j]. int8 weights take NB = 2 and MB up to 8, so that each widening
 // serves eight rows.
-template <int MB, int NB, typename T>
+template <int MB, int NB, typename L, typename T>
 inline void dot_tile_bf16(const T* const* rows, const uint16_t* x, int64_t K, float* sums) {
   __m512 acc[MB][NB];
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 32) {
+  for_columns<L, 32>(K, [&](int64_t k, int64_t at) {
     __m512bh w[NB];
     for (int j = 0; j < NB; ++j) {
-      prefetch(rows[j] + kAhead * K + k);
-      w[j] = bf16_pairs(rows[j] + k);
+      prefetch(rows[j] + at + kAhead * K);
+      w[j] = bf16_pairs(rows[j] + at);
     }
     for (int i = 0; i < MB; ++i) {
       const __m512bh xv = bf16_pairs(x + i * K + k);
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, w[j]);
     }
-  }
+  });
   store_sums<MB, NB>(acc[0], sums);
 }
 constexpr bool kBf16DotProducts = true;
 #else
-template <int MB, int NB, typename T>
+template <int MB, int NB, typename L, typename T>
 inline void dot_tile_bf16(const T* const*, const uint16_t*, int64_t, float*) {}
 constexpr bool kBf16DotProducts = false;
 #endif
@@ -174,11 +205,14 @@ void check_activation(const at::Tensor& x, int64_t K) {
 }
 
 void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
-  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype && w.dim() == 2 &&
+  const bool tiled = w.dim() == 3 && w.size(2) == kBlockN * kChunk;
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype && (w.dim() == 2 || tiled) &&
                   w.is_contiguous(),
-              op, " needs a contiguous 2-D CPU ", c10::toString(dtype), " weight, got ",
+              op, " needs a contiguous CPU ", c10::toString(dtype), " weight, (N, K) or tiled (N / ",
+              kBlockN, ", K / ", kChunk, ", ", kBlockN * kChunk, "), got ",
               c10::toString(w.scalar_type()), " of shape ", w.sizes());
 }
+
 
 // Runs `block(n0, sums)` for each block of kBlockN output channels, in parallel over blocks,
 // and writes out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j], rounded to Out. When N is
@@ -198,14 +232,15 @@ void run_blocks(Out* out, int64_t M, int64_t N, const float* bias, Block block) 
   });
 }
 
-// Row n0 + j of a weight with N rows of `stride` elements, the last row standing in past the end.
-template <typename T>
-inline const T* block_row(const T* w, int64_t n0, int j, int64_t N, int64_t stride) {
-  return w + std::min<int64_t>(n0 + j, N - 1) * stride;
+// Row n0 + j of a weight of N rows of K values in layout L, the last row standing in past the end.
+template <typename L, typename T>
+inline const T* block_row(const T* w, int64_t n0, int j, int64_t N, int64_t K) {
+  return L::row(w, std::min<int64_t>(n0 + j, N - 1), K);
 }
 
-// x (..., K) @ W^T (* scales) (+ bias) -> (..., N) in x's dtype, for a weight of N rows of K.
-template <typename T>
+// x (..., K) @ W^T (* scales) (+ bias) -> (..., N) in x's dtype, for a weight of N rows of K in
+// layout L.
+template <typename L, typename T>
 at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, const float* scales,
                        const c10::optional<at::Tensor>& bias) {
   check_activation(x, K);
@@ -231,23 +266,23 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   at::Tensor y = at::empty(shape, x.options());
   auto block = [&](int64_t n0, float* sums) {
     const T* rows[kBlockN];
-    for (int j = 0; j < kBlockN; ++j) rows[j] = block_row(wp, n0, j, N, K);
+    for (int j = 0; j < kBlockN; ++j) rows[j] = block_row<L>(wp, n0, j, N, K);
     if constexpr (!kWeightPairs) {
       for_row_tiles(M, [&](auto mb, int64_t m0) {
-        dot_tile<decltype(mb)::value>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
+        dot_tile<decltype(mb)::value, L>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
       });
     } else if (bf16_dots && std::is_same_v<T, int8_t>) {
       for (int half = 0; half < kBlockN; half += 2)
         for_row_tiles<8>(M, [&](auto mb, int64_t m0) {
-          dot_tile_bf16<decltype(mb)::value, 2>(rows + half, xb + m0 * K, K,
+          dot_tile_bf16<decltype(mb)::value, 2, L>(rows + half, xb + m0 * K, K,
                                                 sums + m0 * kBlockN + half);
         });
     } else {
       for_row_tiles(M, [&](auto mb, int64_t m0) {
         if (bf16_dots)
-          dot_tile_bf16<decltype(mb)::value, kBlockN>(rows, xb + m0 * K, K, sums + m0 * kBlockN);
+          dot_tile_bf16<decltype(mb)::value, kBlockN, L>(rows, xb + m0 * K, K, sums + m0 * kBlockN);
         else
-          dot_tile<decltype(mb)::value>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
+          dot_tile<decltype(mb)::value, L>(rows, xp + m0 * K, K, sums + m0 * kBlockN);
       });
     }
     if (scales)
@@ -263,6 +298,15 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   return y;
 }
 
+// linear_rows for weight `w` (checked by check_weight) in whichever layout it has.
+template <typename T>
+at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, const T* wp, const float* scales,
+                      const c10::optional<at::Tensor>& bias) {
+  if (w.dim() == 3)
+    return linear_rows<Tiled>(x, w.size(0) * kBlockN, w.size(1) * kChunk, wp, scales, bias);
+  return linear_rows<RowMajor>(x, w.size(0), w.size(1), wp, scales, bias);
+}
+
 }  // namespace
 
 namespace quietstar_cpu {
@@ -271,23 +315,22 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(w, at::kBFloat16, "linear_bf16");
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  return linear_rows(x, w.size(0), w.size(1), wp, nullptr, bias);
+  return linear_any(x, w, wp, nullptr, bias);
 }
 
 at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& w,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(w, at::kFloat, "linear_fp32");
-  return linear_rows(x, w.size(0), w.size(1), w.data_ptr<float>(), nullptr, bias);
+  return linear_any(x, w, w.data_ptr<float>(), nullptr, bias);
 }
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(q, at::kChar, "linear_int8");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
-                  scales.numel() == q.size(0),
+  const int64_t N = q.dim() == 3 ? q.size(0) * kBlockN : q.size(0);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == N,
               "linear_int8 needs one contiguous fp32 scale per output channel");
-  return linear_rows(x, q.size(0), q.size(1), q.data_ptr<int8_t>(), scales.data_ptr<float>(),
-                     bias);
+  return linear_any(x, q, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
 }
 
 // bf16 <-> fp32 on bits, as c10::BFloat16 converts (round to nearest even; NaN -> 0x7FC0), in

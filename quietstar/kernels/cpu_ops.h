@@ -6,7 +6,8 @@
 
 namespace quietstar_cpu {
 
-// x (..., K) @ weight^T (+ bias) -> (..., N) in x's dtype; weight (N, K) bf16.
+// x (..., K) @ weight^T (+ bias) -> (..., N) in x's dtype; weight bf16, (N, K) or tiled
+// (N / 4, K / 32, 128: quietstar.kernels.modules.tile_rows).
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight,
                        const c10::optional<at::Tensor>& bias);
 // The same with an fp32 weight (fp32 FMAs).

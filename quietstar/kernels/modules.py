@@ -30,6 +30,38 @@ def kernel_max_rows(activations: torch.dtype = torch.bfloat16) -> int:
 FP32_KERNEL_MAX_ROWS = 64
 
 
+# The kernels' tiled weight layout (cpu_linear.cpp): blocks of TILE_ROWS output channels, each
+# stored as K / TILE_COLS chunks of TILE_ROWS x TILE_COLS values, chunk after chunk.
+TILE_ROWS, TILE_COLS = 4, 32
+
+
+def tile_rows(weight: torch.Tensor) -> torch.Tensor | None:
+    """A (N, K) weight in the kernels' tiled layout, (N / 4, K / 32, 128), or None where N or K
+    does not divide. The kernels give the same results, bit for bit, from either layout, and
+    read the tiled one front to back: on a 2-core AVX2 CPU a decode step's weights streamed
+    about 1.6x faster (benchmarks/RESULTS.md, "Tiled weights"). A new tensor: the kernel's own
+    copy, never one another layer shares."""
+    n, k = weight.shape
+    if n % TILE_ROWS or k % TILE_COLS:
+        return None
+    tiles = weight.reshape(n // TILE_ROWS, TILE_ROWS, k // TILE_COLS, TILE_COLS)
+    return tiles.transpose(1, 2).contiguous().view(n // TILE_ROWS, k // TILE_COLS, -1)
+
+
+def untile_rows(weight: torch.Tensor) -> torch.Tensor:
+    """`tile_rows`'s inverse, (N, K) row-major (a 2-D weight is returned as it is)."""
+    if weight.dim() == 2:
+        return weight
+    blocks, chunks, _ = weight.shape
+    tiles = weight.view(blocks, chunks, TILE_ROWS, TILE_COLS).transpose(1, 2)
+    return tiles.reshape(blocks * TILE_ROWS, chunks * TILE_COLS)
+
+
+def kernel_out_features(weight: torch.Tensor) -> int:
+    """N of a kernel weight in either layout."""
+    return weight.shape[0] * (TILE_ROWS if weight.dim() == 3 else 1)
+
+
 def bf16_copy(weight: torch.Tensor) -> torch.Tensor | None:
     """An fp32 tensor as bf16 where every value is a bf16 value (a model loaded in fp32 from a
     bf16 checkpoint: most Hugging Face ones, and the default model), else None."""
@@ -40,17 +72,21 @@ def bf16_copy(weight: torch.Tensor) -> torch.Tensor | None:
 class RowsLinear(nn.Module):
     """Inference-only bf16 or fp32 linear: up to `max_rows` rows through
     `quietstar_cpu::linear_bf16` / `linear_fp32`, more through `large` (an fp32 weight's oneDNN
-    pre-packed layer) or F.linear. A bf16 weight stays plain, so a tied LM head still shares the
-    embedding's memory. `bf16_weight`, an fp32 weight's exact bf16 copy (`bf16_copy`), is what
-    the kernel reads in its place, beside the `large` layer: the kernel widens each value back
-    exactly and runs the same fp32 FMAs in the same order, so the layer's results are those of
-    the fp32 weight, from half the bytes a decode step reads."""
+    pre-packed layer) or F.linear. `bf16_weight`, an fp32 weight's exact bf16 copy
+    (`bf16_copy`), is what the kernel reads in its place, beside the `large` layer: the kernel
+    widens each value back exactly and runs the same fp32 FMAs in the same order, so the layer's
+    results are those of the fp32 weight, from half the bytes a decode step reads.
+
+    The kernel's weight is tiled (`tile_rows`) where it is the kernel's alone: beside a `large`
+    layer, or where the kernel takes every row and `shared` is false. A shared weight (a tied LM
+    head and its embedding) stays as it is."""
 
     def __init__(
         self,
         linear: nn.Linear,
         large: nn.Module | None = None,
         bf16_weight: torch.Tensor | None = None,
+        shared: bool = True,
     ):
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
@@ -62,10 +98,12 @@ class RowsLinear(nn.Module):
                     "bf16_weight replaces an fp32 weight of its shape, beside a `large` layer"
                 )
             weight = bf16_weight.contiguous()
+        self.max_rows = FP32_KERNEL_MAX_ROWS if fp32 else kernel_max_rows(weight.dtype)
+        if large is not None or (not shared and self.max_rows == sys.maxsize):
+            weight = tiled_or_plain(weight)
         self.register_buffer("weight", weight, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach()
         self.register_buffer("bias", bias, persistent=False)
-        self.max_rows = FP32_KERNEL_MAX_ROWS if fp32 else kernel_max_rows(weight.dtype)
         ops = torch.ops.quietstar_cpu
         self.kernel = ops.linear_fp32 if weight.dtype == torch.float32 else ops.linear_bf16
         self.large = large
@@ -77,8 +115,14 @@ class RowsLinear(nn.Module):
         elif self.large is not None:
             out = self.large(flat)
         else:
-            out = F.linear(flat, self.weight, self.bias)
+            out = F.linear(flat, untile_rows(self.weight), self.bias)
         return out.view(*x.shape[:-1], self.out_features)
+
+
+def tiled_or_plain(weight: torch.Tensor) -> torch.Tensor:
+    """`tile_rows(weight)` where the shape allows, else the weight as it is."""
+    tiled = tile_rows(weight)
+    return weight if tiled is None else tiled
 
 
 def linear_kernels_serve(weight: torch.Tensor) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 import quietstar
 from quietstar.kernels import cpu_ops
-from quietstar.kernels.modules import KernelDecoderLayers, kernel_max_rows
+from quietstar.kernels.modules import KernelDecoderLayers, RowsLinear, kernel_max_rows
 from tests.engine.engine_support import make_engine, tiny_dir
 from tests.engine.test_padded_step import serve_requests
 
@@ -96,8 +96,9 @@ def test_fp32_model_of_bf16_values_fuses_its_bf16_copies_bitwise(pad):
             p.copy_(p.bfloat16().float())
     want, _, want_results, _ = run(model, torch.float32, fused=False, pad=pad)
     got, took, results, layers = run(model, torch.float32, fused=True, pad=pad)
-    linears = [w for w in layers.weights if w is not None and w.dim() == 2]
+    linears = [w for w in layers.weights if w is not None and w.dim() >= 2]  # (N, K) or tiled
     assert linears and all(w.dtype == torch.bfloat16 for w in linears)
+    assert any(w.dim() == 3 for w in linears)  # the copies are the kernel's own: tiled
     assert len(took) == len(got) == len(want)
     for step, (a, b) in enumerate(zip(got, want)):
         assert a.dtype == torch.float32 and torch.equal(a, b), f"step {step}"
@@ -160,3 +161,16 @@ def test_bad_input_is_named():
     # one layer's caches but the weights of two
     with pytest.raises(RuntimeError, match="weight entries for 1 layers"):
         op(x, cos, cos, layers.weights, k[:1], k[:1].clone(), None, None, info, 4, 1e-5, 0.25)
+
+
+def test_a_tied_lm_head_keeps_sharing_its_embedding_while_other_weights_tile():
+    """A bf16 model's kernel weights are tiled where they are the kernel's alone; the tied LM
+    head stays the embedding's memory (a copy would double the largest matrix)."""
+    backbone = load("qwen2", torch.bfloat16, None).backbone
+    embedding = backbone.embed_tokens.weight
+    assert backbone.lm_head.weight.data_ptr() == embedding.data_ptr()  # tied
+    backbone.fuse_for_inference()
+    assert isinstance(backbone.lm_head, RowsLinear)
+    assert backbone.lm_head.weight.data_ptr() == embedding.data_ptr()
+    if kernel_max_rows(torch.bfloat16) > 1 << 40:  # the kernel takes every row: nothing else
+        assert backbone.layers[0].mlp.gate_up_proj.weight.dim() == 3  # needs the plain weight

@@ -15,7 +15,12 @@ import torch.nn.functional as F
 import quietstar
 from quietstar import kernels
 from quietstar.dtypes import can_prepack
-from quietstar.kernels.modules import RowsLinear
+from quietstar.kernels.modules import (
+    RowsLinear,
+    kernel_max_rows,
+    tile_rows,
+    untile_rows,
+)
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int8Linear, quantize_int8
 from tests.engine.engine_support import make_hf_checkpoint
@@ -99,9 +104,59 @@ def test_a_row_does_not_depend_on_the_other_rows(ops, M, act):
             assert torch.equal(layer(x[i : i + 1])[0], together[i]), (name, i)
 
 
+def test_tile_rows_round_trips_and_refuses_shapes_that_do_not_divide():
+    w = torch.arange(12 * 96, dtype=torch.float32).view(12, 96)
+    tiled = tile_rows(w)
+    assert tiled.shape == (3, 3, 128)
+    # block 0, chunk 1 holds columns 32..63 of rows 0..3, one row after the other
+    assert torch.equal(tiled[0, 1].view(4, 32), w[0:4, 32:64])
+    assert torch.equal(untile_rows(tiled), w)
+    assert tile_rows(torch.zeros(10, 96)) is None  # N not a multiple of 4
+    assert tile_rows(torch.zeros(12, 48)) is None  # K not a multiple of 32
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 17])
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("K", [96, 576])  # 96: an odd number of 32-column chunks
+def test_tiled_weights_give_the_row_major_results_bitwise(ops, rows, act, K):
+    g = torch.Generator().manual_seed(rows + K)
+    w, bias = torch.randn(44, K, generator=g), torch.randn(44, generator=g)  # 44: 11 blocks
+    x = torch.randn(rows, K, generator=g).to(act)
+    q, scales = quantize_int8(w)
+    half = w.bfloat16()
+    assert torch.equal(
+        ops.linear_bf16(x, tile_rows(half), bias), ops.linear_bf16(x, half, bias)
+    )
+    assert torch.equal(ops.linear_fp32(x, tile_rows(w), bias), ops.linear_fp32(x, w, bias))
+    assert torch.equal(
+        ops.linear_int8(x, tile_rows(q), scales, bias), ops.linear_int8(x, q, scales, bias)
+    )
+
+
+def test_rows_linear_tiles_only_a_weight_of_its_own(ops):
+    g = torch.Generator().manual_seed(6)
+    lin = torch.nn.Linear(64, 20, dtype=torch.bfloat16)
+    own = RowsLinear(lin, shared=False)
+    takes_every_row = kernel_max_rows(torch.bfloat16) > 1 << 40
+    # tiled only where the kernel takes every row (else F.linear needs the plain weight)
+    assert (own.weight.dim() == 3) == takes_every_row
+    assert own.weight.data_ptr() != lin.weight.data_ptr() or not takes_every_row
+    assert RowsLinear(lin).weight.data_ptr() == lin.weight.data_ptr()  # shared: as it is
+    for n in (1, 5, 40):
+        x = torch.randn(n, 64, generator=g).bfloat16()
+        assert torch.equal(own(x), RowsLinear(lin)(x))
+    # an fp32 weight's bf16 copy beside its oneDNN layer is the kernel's alone: tiled
+    wide = torch.nn.Linear(64, 20)
+    wide.weight.data = wide.weight.data.bfloat16().float()
+    copy = RowsLinear(wide, large=torch.nn.Identity(), bf16_weight=wide.weight.detach().bfloat16())
+    assert copy.weight.shape == (5, 2, 128) and copy.weight.dtype == torch.bfloat16
+    x = torch.randn(3, 64, generator=g)
+    assert torch.equal(copy(x), ops.linear_fp32(x, wide.weight.detach(), wide.bias.detach()))
+
+
 def test_bad_input_is_named(ops):
     w = torch.randn(8, 32).bfloat16()
-    with pytest.raises(RuntimeError, match="needs a contiguous 2-D CPU BFloat16 weight"):
+    with pytest.raises(RuntimeError, match="needs a contiguous CPU BFloat16 weight"):
         ops.linear_bf16(torch.randn(1, 32), w.float(), None)
     with pytest.raises(RuntimeError, match="activation has 31 features"):
         ops.linear_bf16(torch.randn(1, 31), w, None)
@@ -111,8 +166,10 @@ def test_bad_input_is_named(ops):
         ops.linear_int8(
             torch.randn(1, 32), torch.zeros(8, 32, dtype=torch.int8), torch.ones(7), None
         )
-    with pytest.raises(RuntimeError, match="needs a contiguous 2-D CPU Float weight"):
+    with pytest.raises(RuntimeError, match="needs a contiguous CPU Float weight"):
         ops.linear_fp32(torch.randn(1, 32), w, None)
+    with pytest.raises(RuntimeError, match=r"tiled \(N / 4, K / 32, 128\), got BFloat16 of shape \[2, 1, 64\]"):
+        ops.linear_bf16(torch.randn(1, 32), torch.zeros(2, 1, 64, dtype=torch.bfloat16), None)
     with pytest.raises(RuntimeError, match="bias has 3 values for 8 outputs"):
         ops.linear_bf16(torch.randn(1, 32), w, torch.zeros(3))
 
