@@ -264,7 +264,7 @@ def load(
         directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such model directory")
-    choice = resolve_dtype(dtype, device, quantized=quantize is not None)
+    choice = resolve_dtype(dtype, device, quantize=quantize)
     if choice.requested == "auto":
         log.info("dtype auto -> %s (%s)", choice.name, choice.reason)
     backbone, info = load_backbone(directory, choice.dtype, torch.device(device))

@@ -61,11 +61,14 @@ def resolve_dtype(
     requested: str | torch.dtype,
     device: str | torch.device = "cpu",
     caps: CpuCaps | None = None,
-    quantized: bool = False,
+    quantize: str | None = None,
+    int8_kernel: bool | None = None,
 ) -> DtypeChoice:
     """`auto` -> the dtype this device runs fastest for a server's mixed work; an explicit dtype
     (name or torch.dtype) is kept as it is. `caps` replaces the probe (tests fake CPUs with it).
-    `quantized`: the weights are int8/int4 and the dtype is that of the activations."""
+    `quantize`: "int8" or "int4" weights, whose dtype is then that of the activations.
+    `int8_kernel`: whether quietstar's int8 CPU kernel serves here (None: build or load it and
+    see; tests fake it)."""
     if isinstance(requested, torch.dtype):
         requested = str(requested).removeprefix("torch.")
     if requested != "auto":
@@ -80,7 +83,21 @@ def resolve_dtype(
     if kind != "cpu":
         return DtypeChoice(torch.float32, "auto", f"{kind} device: float32, the safe default")
     caps = caps or probe_cpu()
-    if quantized:  # PyTorch's int8/int4 CPU kernels take fp32 activations on a scalar path
+    if quantize == "int8" and not caps.onednn_bf16:
+        if int8_kernel is None:
+            from .kernels import cpu_ops
+            from .kernels.modules import kernel_max_rows
+
+            int8_kernel = cpu_ops() is not None and kernel_max_rows(torch.float32) > 0
+        if int8_kernel:
+            return DtypeChoice(
+                torch.float32,
+                "auto",
+                f"{caps.describe()}, int8 weights: quietstar's int8 kernel takes fp32 activations "
+                "as fast as bf16 ones, and prefill widens the weights for fp32 matmuls, not "
+                "emulated bf16 ones",
+            )
+    if quantize is not None:  # PyTorch's int8/int4 CPU kernels: fp32 takes a scalar path
         return DtypeChoice(torch.bfloat16, "auto", "quantised weights: the CPU kernels want bf16")
     if caps.onednn_bf16:
         return DtypeChoice(torch.bfloat16, "auto", f"{caps.describe()}: bf16 matmuls are native")

@@ -1,13 +1,15 @@
 """Weight-only quantisation of the backbone's linear layers (int8 per output channel, int4 grouped).
 
-Activations stay in the compute dtype. int8 matmuls run quietstar's CPU kernel where it builds
-(`quietstar.kernels`: it streams the weights at about 1.2x the speed of PyTorch's at one row, and
-takes fp32 activations without a scalar path), else PyTorch's `aten._weight_int8pack_mm`; int4
-ones run PyTorch's tinygemm-layout kernels (`aten._weight_int4pack_mm[_for_cpu]`, the ones
-gpt-fast and torchao call). The mixing head and the start/end vectors stay fp32 (they are tiny and feed the mixing
-weight w directly); the embedding table stays in the compute dtype (a lookup reads one row). The
-LM head is int8 in both modes: an int4 head cost the default model 0.035 nats of held-out NLL for
-6 % of batch-1 speed (benchmarks/RESULTS.md), and the GGUF it ships as keeps it at 8 bits too.
+Activations stay in the compute dtype (`--dtype auto`: fp32 for int8 where bf16 matmuls are
+emulated and quietstar's kernel serves, bf16 otherwise; `quietstar.dtypes.resolve_dtype`). int8
+matmuls run quietstar's CPU kernel where it builds (`quietstar.kernels`: it streams the weights,
+stored tiled, faster than PyTorch's at a few rows, and takes fp32 activations without a scalar
+path), else PyTorch's `aten._weight_int8pack_mm`; int4 ones run PyTorch's tinygemm-layout
+kernels (`aten._weight_int4pack_mm[_for_cpu]`, the ones gpt-fast and torchao call). The mixing
+head and the start/end vectors stay fp32 (they are tiny and feed the mixing weight w directly);
+the embedding table stays in the compute dtype (a lookup reads one row). The LM head is int8 in
+both modes: an int4 head cost the default model 0.035 nats of held-out NLL for 6 % of batch-1
+speed (benchmarks/RESULTS.md), and the GGUF it ships as keeps it at 8 bits too.
 A quantised model is inference-only: its projections are fused and it has no weight parameters.
 """
 

@@ -125,9 +125,7 @@ def _register_fakes() -> None:
 
     for op in ("linear_bf16", "linear_fp32"):
         torch.library.register_fake(f"quietstar_cpu::{op}")(lambda x, w, bias: out(x, w))
-    torch.library.register_fake("quietstar_cpu::linear_int8")(
-        lambda x, w, scales, bias: out(x, w)
-    )
+    torch.library.register_fake("quietstar_cpu::linear_int8")(lambda x, w, scales, bias: out(x, w))
     torch.library.register_fake("quietstar_cpu::rms_norm")(lambda x, w, eps: torch.empty_like(x))
     torch.library.register_fake("quietstar_cpu::rope")(lambda x, cos, sin: x.new_empty(x.shape))
     torch.library.register_fake("quietstar_cpu::decode_attention")(

@@ -124,9 +124,7 @@ def test_tiled_weights_give_the_row_major_results_bitwise(ops, rows, act, K):
     x = torch.randn(rows, K, generator=g).to(act)
     q, scales = quantize_int8(w)
     half = w.bfloat16()
-    assert torch.equal(
-        ops.linear_bf16(x, tile_rows(half), bias), ops.linear_bf16(x, half, bias)
-    )
+    assert torch.equal(ops.linear_bf16(x, tile_rows(half), bias), ops.linear_bf16(x, half, bias))
     assert torch.equal(ops.linear_fp32(x, tile_rows(w), bias), ops.linear_fp32(x, w, bias))
     assert torch.equal(
         ops.linear_int8(x, tile_rows(q), scales, bias), ops.linear_int8(x, q, scales, bias)
@@ -168,7 +166,9 @@ def test_bad_input_is_named(ops):
         )
     with pytest.raises(RuntimeError, match="needs a contiguous CPU Float weight"):
         ops.linear_fp32(torch.randn(1, 32), w, None)
-    with pytest.raises(RuntimeError, match=r"tiled \(N / 4, K / 32, 128\), got BFloat16 of shape \[2, 1, 64\]"):
+    with pytest.raises(
+        RuntimeError, match=r"tiled \(N / 4, K / 32, 128\), got BFloat16 of shape \[2, 1, 64\]"
+    ):
         ops.linear_bf16(torch.randn(1, 32), torch.zeros(2, 1, 64, dtype=torch.bfloat16), None)
     with pytest.raises(RuntimeError, match="bias has 3 values for 8 outputs"):
         ops.linear_bf16(torch.randn(1, 32), w, torch.zeros(3))

@@ -38,10 +38,20 @@ def test_an_explicit_dtype_always_wins(caps, asked):
 
 
 @pytest.mark.parametrize("caps", [NATIVE, EMULATED], ids=["native", "emulated"])
-def test_quantised_weights_take_bf16_activations_on_every_cpu(caps):
-    choice = resolve_dtype("auto", "cpu", caps, quantized=True)
+def test_int4_weights_take_bf16_activations_on_every_cpu(caps):
+    choice = resolve_dtype("auto", "cpu", caps, quantize="int4")
     assert choice.dtype == torch.bfloat16 and "quantised" in choice.reason
-    assert resolve_dtype("float32", "cpu", caps, quantized=True).dtype == torch.float32
+    assert resolve_dtype("float32", "cpu", caps, quantize="int4").dtype == torch.float32
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["own-kernel", "pytorch-kernel"])
+def test_int8_weights_take_fp32_activations_where_bf16_is_emulated_and_the_kernel_serves(kernel):
+    choice = resolve_dtype("auto", "cpu", EMULATED, quantize="int8", int8_kernel=kernel)
+    assert choice.dtype == (torch.float32 if kernel else torch.bfloat16), choice.reason
+    native = resolve_dtype("auto", "cpu", NATIVE, quantize="int8", int8_kernel=kernel)
+    assert native.dtype == torch.bfloat16  # native bf16: the kernel's bf16 dot products
+    asked = resolve_dtype("bfloat16", "cpu", EMULATED, quantize="int8", int8_kernel=kernel)
+    assert asked.dtype == torch.bfloat16
 
 
 def test_unknown_dtype_names_the_choices():
