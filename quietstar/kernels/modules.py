@@ -38,9 +38,9 @@ TILE_ROWS, TILE_COLS = 4, 32
 def tile_rows(weight: torch.Tensor) -> torch.Tensor | None:
     """A (N, K) weight in the kernels' tiled layout, (N / 4, K / 32, 128), or None where N or K
     does not divide. The kernels give the same results, bit for bit, from either layout, and
-    read the tiled one front to back: on a 2-core AVX2 CPU a decode step's weights streamed
-    about 1.6x faster (benchmarks/RESULTS.md, "Tiled weights"). A new tensor: the kernel's own
-    copy, never one another layer shares."""
+    read the tiled one front to back: on a 2-core AVX2-only CPU a decode step's linears ran
+    1.25x (bf16 values) to 1.35x (int8) faster (benchmarks/RESULTS.md, "Tiled weights"). A new
+    tensor: the kernel's own copy, never one another layer shares."""
     n, k = weight.shape
     if n % TILE_ROWS or k % TILE_COLS:
         return None
