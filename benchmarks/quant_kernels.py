@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from quietstar.dtypes import cpu_flags
 from quietstar.kernels import capability, cpu_ops
+from quietstar.kernels.modules import tiled_or_plain
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int4Linear, Int8Linear, quantize_int8
 
@@ -65,11 +66,18 @@ def variants(weight: torch.Tensor) -> dict[str, tuple[str, object]]:
     out["bf16 (F.linear)"] = ("bf16", lambda x: F.linear(x, w))
     out["int8 (aten)"] = ("bf16", lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scales_bf16))
     out["int4 g32 (aten)"] = ("bf16", Int4Linear(weight, None, torch.bfloat16, 32))
-    if cpu_ops() is not None:
+    if cpu_ops() is not None:  # tiled as the engine stores them, and row-major
         ops = torch.ops.quietstar_cpu
-        out["fp32 (quietstar)"] = ("fp32", lambda x: ops.linear_fp32(x, w32, None))
-        out["bf16 (quietstar)"] = ("bf16", lambda x: ops.linear_bf16(x, w, None))
+        t32, tb = tiled_or_plain(w32), tiled_or_plain(w)
+        out["fp32 (quietstar)"] = ("fp32", lambda x: ops.linear_fp32(x, t32, None))
+        out["bf16 (quietstar)"] = ("bf16", lambda x: ops.linear_bf16(x, tb, None))
+        out["bf16 (quietstar, row-major)"] = ("bf16", lambda x: ops.linear_bf16(x, w, None))
         out["int8 (quietstar)"] = ("bf16", Int8Linear(weight, None, torch.bfloat16))
+        scales32 = scales.float()
+        out["int8 (quietstar, row-major)"] = (
+            "bf16",
+            lambda x: ops.linear_int8(x, q, scales32, None),
+        )
     return out
 
 
