@@ -83,7 +83,8 @@ def pack_linears(module: nn.Module) -> int:
     if not linears:
         return 0
     dtype = linears[0][2].weight.dtype
-    if dtype == torch.bfloat16 and _use_rows_kernel(linears, shared=_shared_weights(module)):
+    shared = _shared_weights(module)
+    if dtype == torch.bfloat16 and _use_rows_kernel(linears, shared=shared):
         return len(linears)
     ok, why = can_prepack(dtype)
     if ok:
@@ -94,7 +95,7 @@ def pack_linears(module: nn.Module) -> int:
     if not ok:
         log.info("linear weights not pre-packed: %s", why)
         return 0
-    if dtype == torch.float32 and _use_rows_kernel(linears, packed):
+    if dtype == torch.float32 and _use_rows_kernel(linears, packed, shared):
         return len(packed)
     for parent, name, layer in packed:
         setattr(parent, name, layer)

@@ -213,7 +213,6 @@ void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
               c10::toString(w.scalar_type()), " of shape ", w.sizes());
 }
 
-
 // Runs `block(n0, sums)` for each block of kBlockN output channels, in parallel over blocks,
 // and writes out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j], rounded to Out. When N is
 // not a multiple of kBlockN, the last block repeats row N - 1 (see `block_row`) and drops it.

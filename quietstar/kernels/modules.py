@@ -77,9 +77,9 @@ class RowsLinear(nn.Module):
     widens each value back exactly and runs the same fp32 FMAs in the same order, so the layer's
     results are those of the fp32 weight, from half the bytes a decode step reads.
 
-    The kernel's weight is tiled (`tile_rows`) where it is the kernel's alone: beside a `large`
-    layer, or where the kernel takes every row and `shared` is false. A shared weight (a tied LM
-    head and its embedding) stays as it is."""
+    The kernel's weight is tiled (`tile_rows`) where it is the kernel's alone: a bf16 copy, or a
+    weight that is not `shared` and that no GEMM reads (beside a `large` layer, or where the
+    kernel takes every row). A shared weight (a tied LM head and its embedding) stays as it is."""
 
     def __init__(
         self,
@@ -99,7 +99,8 @@ class RowsLinear(nn.Module):
                 )
             weight = bf16_weight.contiguous()
         self.max_rows = FP32_KERNEL_MAX_ROWS if fp32 else kernel_max_rows(weight.dtype)
-        if large is not None or (not shared and self.max_rows == sys.maxsize):
+        only_kernel = large is not None or self.max_rows == sys.maxsize
+        if bf16_weight is not None or (not shared and only_kernel):
             weight = tiled_or_plain(weight)
         self.register_buffer("weight", weight, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach()

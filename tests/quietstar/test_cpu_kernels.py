@@ -148,6 +148,10 @@ def test_rows_linear_tiles_only_a_weight_of_its_own(ops):
     wide.weight.data = wide.weight.data.bfloat16().float()
     copy = RowsLinear(wide, large=torch.nn.Identity(), bf16_weight=wide.weight.detach().bfloat16())
     assert copy.weight.shape == (5, 2, 128) and copy.weight.dtype == torch.bfloat16
+    # an fp32 weight shared with another layer stays itself beside its oneDNN layer; its own, tiled
+    tied = RowsLinear(wide, large=torch.nn.Identity())
+    assert tied.weight.data_ptr() == wide.weight.data_ptr()
+    assert RowsLinear(wide, large=torch.nn.Identity(), shared=False).weight.dim() == 3
     x = torch.randn(3, 64, generator=g)
     assert torch.equal(copy(x), ops.linear_fp32(x, wide.weight.detach(), wide.bias.detach()))
 
