@@ -1,6 +1,6 @@
 // How fast one int8 decode-linear inner loop streams a weight from DRAM, by layout: the LM head's
 // shape (49152 x 576), the kernel's loop (4 output channels at a time, 8 columns per step,
-// widened to fp32 and FMA'd), row-major with the kernel's software prefetch (pf=1), once per
+// widened to fp32 and FMA'd), row-major without software prefetch (pf=0), with the kernel's (pf=1), once per
 // cache line (pf=2) or further ahead (pf=16, 32 rows), against the tiled layout read front to
 // back with a prefetch pf bytes ahead (benchmarks/RESULTS.md, "Tiled weights"). AVX2 + FMA:
 //   g++ -O3 -mavx2 -mfma -fopenmp benchmarks/stream_layouts.cpp -o /tmp/stream_layouts
@@ -63,7 +63,7 @@ int main() {
     printf("%-22s pf=%5d %.2f ms %.1f GB/s\n", name, pf, best*1e3, N*K/best/1e9);
   };
   for (int rep = 0; rep < 2; ++rep) {
-    run("rows4", rows4, 1); run("rows4 once/line", rows4, 2); run("rows4 once/line 16", rows4, 16); run("rows4 once/line 32", rows4, 32);
+    run("rows4", rows4, 0); run("rows4", rows4, 1); run("rows4 once/line", rows4, 2); run("rows4 once/line 16", rows4, 16); run("rows4 once/line 32", rows4, 32);
     run("packed4", packed4, 4096); run("packed4", packed4, 8192); run("packed4", packed4, 16384); run("packed4", packed4, 32768);
   }
 }
