@@ -1,8 +1,9 @@
-// How fast one int8 decode-linear inner loop streams a weight from DRAM, by layout: the LM head's
-// shape (49152 x 576), the kernel's loop (4 output channels at a time, 8 columns per step,
-// widened to fp32 and FMA'd), row-major without software prefetch (pf=0), with the kernel's (pf=1), once per
-// cache line (pf=2) or further ahead (pf=16, 32 rows), against the tiled layout read front to
-// back with a prefetch pf bytes ahead (benchmarks/RESULTS.md, "Tiled weights"). AVX2 + FMA:
+// How fast one int8 decode-linear inner loop streams a weight from DRAM, by layout: the LM
+// head's shape (49152 x 576), the kernel's loop (4 output channels at a time, 8 columns per
+// step, widened to fp32 and FMA'd). Row-major without software prefetch (pf=0), with the
+// kernel's (pf=1), once per cache line (pf=2) or further ahead (pf=16, 32 rows), against the
+// tiled layout read front to back with a prefetch pf bytes ahead (benchmarks/RESULTS.md,
+// "Tiled weights"). AVX2 + FMA:
 //   g++ -O3 -mavx2 -mfma -fopenmp benchmarks/stream_layouts.cpp -o /tmp/stream_layouts
 //   OMP_NUM_THREADS=1 /tmp/stream_layouts; OMP_NUM_THREADS=2 /tmp/stream_layouts
 #include <immintrin.h>
