@@ -147,7 +147,11 @@ def _use_rows_kernel(linears, packed=None, shared: set[int] = frozenset()) -> bo
             )
             return False
         larges = [large for _, _, large in packed]
-    for (parent, name, lin), large, half in zip(linears, larges, halves):
+    from_copies = sum(half is not None for half in halves)
+    for i, ((parent, name, lin), large) in enumerate(zip(linears, larges)):
+        # the layer keeps its tiled copy of the bf16 one: drop each as it is used, so that the
+        # load holds one extra copy of the weights at a time, as `extra` counts
+        half, halves[i] = halves[i], None
         is_shared = lin.weight.data_ptr() in shared
         setattr(parent, name, RowsLinear(lin, large=large, bf16_weight=half, shared=is_shared))
     if packed is None:
@@ -158,7 +162,7 @@ def _use_rows_kernel(linears, packed=None, shared: set[int] = frozenset()) -> bo
             "copy: every value is a bf16 value), prefill and scoring through oneDNN pre-packed "
             "weights (%.1f GB more memory)",
             len(linears),
-            sum(half is not None for half in halves),
+            from_copies,
             extra / 1e9,
         )
     return True

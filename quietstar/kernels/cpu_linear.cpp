@@ -208,8 +208,9 @@ void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
   const bool tiled = w.dim() == 3 && w.size(2) == kBlockN * kChunk;
   TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype && (w.dim() == 2 || tiled) &&
                   w.is_contiguous(),
-              op, " needs a contiguous CPU ", c10::toString(dtype), " weight, (N, K) or tiled (N / ",
-              kBlockN, ", K / ", kChunk, ", ", kBlockN * kChunk, "), got ",
+              op, " needs a contiguous CPU ", c10::toString(dtype),
+              " weight, (N, K) or tiled (N / ", kBlockN, ", K / ", kChunk, ", ",
+              kBlockN * kChunk, "), got ",
               c10::toString(w.scalar_type()), " of shape ", w.sizes());
 }
 
@@ -274,7 +275,7 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
       for (int half = 0; half < kBlockN; half += 2)
         for_row_tiles<8>(M, [&](auto mb, int64_t m0) {
           dot_tile_bf16<decltype(mb)::value, 2, L>(rows + half, xb + m0 * K, K,
-                                                sums + m0 * kBlockN + half);
+                                                   sums + m0 * kBlockN + half);
         });
     } else {
       for_row_tiles(M, [&](auto mb, int64_t m0) {
@@ -297,13 +298,17 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   return y;
 }
 
+// N (output channels) and K of weight `w` (checked by check_weight), in either layout.
+int64_t out_features(const at::Tensor& w) { return w.dim() == 3 ? w.size(0) * kBlockN : w.size(0); }
+int64_t in_features(const at::Tensor& w) { return w.dim() == 3 ? w.size(1) * kChunk : w.size(1); }
+
 // linear_rows for weight `w` (checked by check_weight) in whichever layout it has.
 template <typename T>
 at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, const T* wp, const float* scales,
                       const c10::optional<at::Tensor>& bias) {
-  if (w.dim() == 3)
-    return linear_rows<Tiled>(x, w.size(0) * kBlockN, w.size(1) * kChunk, wp, scales, bias);
-  return linear_rows<RowMajor>(x, w.size(0), w.size(1), wp, scales, bias);
+  const int64_t N = out_features(w), K = in_features(w);
+  if (w.dim() == 3) return linear_rows<Tiled>(x, N, K, wp, scales, bias);
+  return linear_rows<RowMajor>(x, N, K, wp, scales, bias);
 }
 
 }  // namespace
@@ -326,8 +331,8 @@ at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& w,
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(q, at::kChar, "linear_int8");
-  const int64_t N = q.dim() == 3 ? q.size(0) * kBlockN : q.size(0);
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == N,
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                  scales.numel() == out_features(q),
               "linear_int8 needs one contiguous fp32 scale per output channel");
   return linear_any(x, q, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
 }
