@@ -4,6 +4,9 @@
 Stopping deletes the application: Ray Serve stops sending the replicas new requests and gives
 the running ones --shutdown-timeout seconds (`graceful_shutdown_timeout_s`) before it stops
 them. A local cluster started here is shut down too; a joined one (--ray-address) keeps running.
+All of it runs under one deadline, --shutdown-timeout + TEARDOWN_MARGIN_S (`Teardown`): Ray's
+own waits add up to minutes and `ray.shutdown` has none. Past it the process exits with status
+1, and the processes of a local cluster, which Ray binds to this one, go with it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from ray import serve
 
 from server.config import ServerConfig
 from server.replicas.deployments import APP_NAME, build_application
+from server.teardown import Teardown
 
 log = logging.getLogger(__name__)
+TEARDOWN_MARGIN_S = 30.0  # beyond --shutdown-timeout: Ray stopping the replicas and itself
 
 
 def run(config: ServerConfig) -> int:
     is_local = config.ray_address is None
     _init_ray(config)
     stop = _stop_on_signals()
+    teardown = None
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(
@@ -40,12 +46,15 @@ def run(config: ServerConfig) -> int:
             config.port,
         )
         stop.wait()
+        teardown = Teardown(config.shutdown_timeout + TEARDOWN_MARGIN_S)
         log.info("stopping: draining the replicas (up to %.0fs)", config.shutdown_timeout)
-        serve.delete(APP_NAME)
+        teardown.step("draining and deleting the application", serve.delete, APP_NAME)
     finally:
+        teardown = teardown or Teardown(TEARDOWN_MARGIN_S)
         if is_local:
-            serve.shutdown()
-            ray.shutdown()
+            teardown.step("stopping Ray Serve", serve.shutdown)
+            teardown.step("stopping the local Ray cluster", ray.shutdown)
+        teardown.stopped()
     return 0
 
 

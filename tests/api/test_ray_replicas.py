@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, NamedTuple
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ import pytest
 from tests.api.test_real_server import _tail, free_port
 
 pytest.importorskip("ray.serve", reason="needs the `ray` extra")
+from server.replicas.launch import TEARDOWN_MARGIN_S  # noqa: E402 - imports ray
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +35,17 @@ API_KEY = "ray-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HEALTHY = {"status": "ok", "replicas": {"target": 2, "running": 2}}
 REPLICA_TITLE = "ServeReplica:quietstar:EngineReplica"  # Ray's process title for a replica
+SHUTDOWN_TIMEOUT_S = 30
+
+
+class Cluster(NamedTuple):
+    proc: subprocess.Popen
+    base: str
+    log: IO[bytes]  # the server's output, shown when a test fails
 
 
 @pytest.fixture(scope="module")
-def cluster(default_model_dir, tmp_path_factory) -> Iterator[tuple[subprocess.Popen, str]]:
+def cluster(default_model_dir, tmp_path_factory) -> Iterator[Cluster]:
     port = free_port()
     log = open(tmp_path_factory.mktemp("ray") / "serve.log", "w+b")  # noqa: SIM115 - on failure
     proc = subprocess.Popen(
@@ -43,7 +53,8 @@ def cluster(default_model_dir, tmp_path_factory) -> Iterator[tuple[subprocess.Po
             *(sys.executable, "-m", "quietstar.cli", "serve", "--replicas", "2"),
             *("--replica-cpus", "1", "--model", str(default_model_dir)),
             *("--served-model-name", "default", "--port", str(port), "--api-key", API_KEY),
-            *("--max-num-seqs", "4", "--max-model-len", "512", "--shutdown-timeout", "30"),
+            *("--max-num-seqs", "4", "--max-model-len", "512"),
+            *("--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S)),
         ],
         cwd=REPO,
         stdout=log,
@@ -54,7 +65,7 @@ def cluster(default_model_dir, tmp_path_factory) -> Iterator[tuple[subprocess.Po
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: health(base)[1].get("status") == "ok", 180, proc, log)
-        yield proc, base
+        yield Cluster(proc, base, log)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -155,7 +166,7 @@ def complete(base: str, **extra) -> httpx.Response:
 
 
 def test_routes_auth_errors_and_metrics_through_the_proxy(cluster):
-    _, base = cluster
+    base = cluster.base
     assert health(base) == (200, HEALTHY)
     denied = httpx.get(f"{base}/v1/models", timeout=10)
     assert denied.status_code == 401 and denied.json()["error"]["type"]
@@ -173,14 +184,14 @@ def test_routes_auth_errors_and_metrics_through_the_proxy(cluster):
 
 
 def test_killed_replica_fails_its_streams_and_is_replaced(cluster):
-    proc, base = cluster
+    proc, base, log = cluster
     pids = replica_pids(proc.pid)
     assert len(pids) == 2, pids
     streams = start_streams(base, 4, 200)  # two per replica
     os.kill(pids[0], signal.SIGKILL)
     after_kill = complete(base)  # routed to the survivor, or retried there: nothing was sent
     assert after_kill.status_code == 200, after_kill.text
-    wait_for(lambda: health(base)[1].get("status") == "degraded", 30, proc)
+    wait_for(lambda: health(base)[1].get("status") == "degraded", 30, proc, log)
     code, body = health(base)
     assert code == 200 and body["replicas"]["running"] == 1, body  # until Ray replaces it
     for stream in streams:
@@ -194,13 +205,17 @@ def test_killed_replica_fails_its_streams_and_is_replaced(cluster):
         assert "replica" in error["message"] and error["type"] == "server_error"
     for stream in (s for s in streams if s not in failed):  # ran to max_tokens on the survivor
         assert stream.is_complete and stream.finish_reason == "length", stream.events[-3:]
-    wait_for(lambda: health(base) == (200, HEALTHY) and len(replica_pids(proc.pid)) == 2, 120)
+
+    def healthy_again() -> bool:
+        return health(base) == (200, HEALTHY) and len(replica_pids(proc.pid)) == 2
+
+    wait_for(healthy_again, 120, proc, log)
     assert pids[0] not in replica_pids(proc.pid)
     assert complete(base).status_code == 200
 
 
 def test_sigterm_drains_both_replicas(cluster):
-    proc, base = cluster
+    proc, base, log = cluster
     streams = start_streams(base, 4, 60)
     proc.send_signal(signal.SIGTERM)
     for stream in streams:
@@ -208,4 +223,10 @@ def test_sigterm_drains_both_replicas(cluster):
     assert [s.error for s in streams] == [None] * 4
     for stream in streams:
         assert stream.is_complete and stream.finish_reason == "length", stream.events[-3:]
-    assert proc.wait(90) == 0
+    # The server bounds its own stopping by --shutdown-timeout + TEARDOWN_MARGIN_S; a little
+    # more here, so that a hang shows as the server's own exit (status 1, the step it was in).
+    try:
+        code = proc.wait(SHUTDOWN_TIMEOUT_S + TEARDOWN_MARGIN_S + 30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not exit after SIGTERM\n{_tail(log)}")
+    assert code == 0, _tail(log)
