@@ -119,7 +119,7 @@ class Int8Linear(nn.Module):
                 flat, self.weight, self.scales_fp32, self.bias
             )
         elif self.use_kernel:
-            widened = untile_rows(self.weight).to(flat.dtype)
+            widened = untile_rows(self.weight, self.out_features).to(flat.dtype)
             out = F.linear(flat, widened) * self.scales.to(flat.dtype)
             if self.bias is not None:
                 out = out + self.bias
@@ -130,7 +130,7 @@ class Int8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:
-        return dequantize_int8(untile_rows(self.weight), self.scales)
+        return dequantize_int8(untile_rows(self.weight, self.out_features), self.scales)
 
 
 class Int4Linear(nn.Module):

@@ -118,14 +118,18 @@ def _drop_stale_lock(lock: Path) -> None:
 def _register_fakes() -> None:
     """Shapes for torch.compile: each op returns x's leading shape with N features."""
 
-    from .modules import kernel_out_features
+    from .modules import kernel_rows
 
-    def out(x, w):
-        return x.new_empty(*x.shape[:-1], kernel_out_features(w))
+    def out(x, w, n=None):
+        return x.new_empty(*x.shape[:-1], kernel_rows(w) if n is None else n)
 
     for op in ("linear_bf16", "linear_fp32"):
-        torch.library.register_fake(f"quietstar_cpu::{op}")(lambda x, w, bias: out(x, w))
-    torch.library.register_fake("quietstar_cpu::linear_int8")(lambda x, w, scales, bias: out(x, w))
+        torch.library.register_fake(f"quietstar_cpu::{op}")(
+            lambda x, w, bias, out_features=None: out(x, w, out_features)
+        )
+    torch.library.register_fake("quietstar_cpu::linear_int8")(
+        lambda x, w, scales, bias: out(x, w, scales.shape[0])
+    )
     torch.library.register_fake("quietstar_cpu::rms_norm")(lambda x, w, eps: torch.empty_like(x))
     torch.library.register_fake("quietstar_cpu::rope")(lambda x, cos, sin: x.new_empty(x.shape))
     torch.library.register_fake("quietstar_cpu::decode_attention")(

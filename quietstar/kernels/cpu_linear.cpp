@@ -10,9 +10,9 @@
 // Every row's result is computed the same way whatever the number of rows (batch-invariant):
 // accumulation order depends only on K, never on M or on the thread count.
 //
-// A weight comes row-major (N, K), or tiled (N / 4, K / 32, 128): each block of 4 output
-// channels stored as K / 32 chunks of 4 x 32 values, chunk after chunk
-// (`quietstar.kernels.modules.tile_rows` makes it once at load). The results are the same, bit
+// A weight comes row-major (N, K), or tiled (ceil(N / 4), K / 32, 128): each block of 4 output
+// channels stored as K / 32 chunks of 4 x 32 values, chunk after chunk, the last block padded
+// with zero rows (`quietstar.kernels.modules.tile_rows` makes it once at load). The results are the same, bit
 // for bit; what changes is that the kernel reads a tiled weight front to back, where a row-major
 // one is four interleaved streams that the hardware prefetchers follow badly.
 
@@ -209,7 +209,7 @@ void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
   TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype && (w.dim() == 2 || tiled) &&
                   w.is_contiguous(),
               op, " needs a contiguous CPU ", c10::toString(dtype),
-              " weight, (N, K) or tiled (N / ", kBlockN, ", K / ", kChunk, ", ",
+              " weight, (N, K) or tiled (ceil(N / ", kBlockN, "), K / ", kChunk, ", ",
               kBlockN * kChunk, "), got ",
               c10::toString(w.scalar_type()), " of shape ", w.sizes());
 }
@@ -298,15 +298,29 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   return y;
 }
 
-// N (output channels) and K of weight `w` (checked by check_weight), in either layout.
-int64_t out_features(const at::Tensor& w) { return w.dim() == 3 ? w.size(0) * kBlockN : w.size(0); }
+// The rows weight `w` (checked by check_weight) stores, padding included, and its K.
+int64_t stored_rows(const at::Tensor& w) { return w.dim() == 3 ? w.size(0) * kBlockN : w.size(0); }
 int64_t in_features(const at::Tensor& w) { return w.dim() == 3 ? w.size(1) * kChunk : w.size(1); }
 
-// linear_rows for weight `w` (checked by check_weight) in whichever layout it has.
+// N, the output channels of weight `w`: `given` where the caller says (a tiled weight's last
+// block may hold up to kBlockN - 1 zero rows of padding), else every row `w` stores. `what`
+// names the given count in the error.
+int64_t out_features(const at::Tensor& w, c10::optional<int64_t> given, const char* op,
+                     const char* what = "output channels") {
+  const int64_t rows = stored_rows(w);
+  if (!given.has_value()) return rows;
+  const int64_t n = *given;
+  const bool fits = w.dim() == 3 ? n > rows - kBlockN && n <= rows : n == rows;
+  TORCH_CHECK(fits, op, ": ", n, " ", what, " do not fit a weight of shape ", w.sizes());
+  return n;
+}
+
+// linear_rows for the first N output channels of weight `w` (checked by check_weight) in
+// whichever layout it has.
 template <typename T>
-at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, const T* wp, const float* scales,
-                      const c10::optional<at::Tensor>& bias) {
-  const int64_t N = out_features(w), K = in_features(w);
+at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, int64_t N, const T* wp,
+                      const float* scales, const c10::optional<at::Tensor>& bias) {
+  const int64_t K = in_features(w);
   if (w.dim() == 3) return linear_rows<Tiled>(x, N, K, wp, scales, bias);
   return linear_rows<RowMajor>(x, N, K, wp, scales, bias);
 }
@@ -316,25 +330,26 @@ at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, const T* wp, con
 namespace quietstar_cpu {
 
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
   check_weight(w, at::kBFloat16, "linear_bf16");
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  return linear_any(x, w, wp, nullptr, bias);
+  return linear_any(x, w, out_features(w, n, "linear_bf16"), wp, nullptr, bias);
 }
 
 at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& w,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
   check_weight(w, at::kFloat, "linear_fp32");
-  return linear_any(x, w, w.data_ptr<float>(), nullptr, bias);
+  return linear_any(x, w, out_features(w, n, "linear_fp32"), w.data_ptr<float>(), nullptr, bias);
 }
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias) {
   check_weight(q, at::kChar, "linear_int8");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
-                  scales.numel() == out_features(q),
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1,
               "linear_int8 needs one contiguous fp32 scale per output channel");
-  return linear_any(x, q, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
+  const int64_t N =
+      out_features(q, scales.numel(), "linear_int8", "scales (one per output channel)");
+  return linear_any(x, q, N, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
 }
 
 // bf16 <-> fp32 on bits, as c10::BFloat16 converts (round to nearest even; NaN -> 0x7FC0), in
@@ -453,8 +468,8 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 using namespace quietstar_cpu;
 
 TORCH_LIBRARY(quietstar_cpu, m) {
-  m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("linear_fp32(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias, int? out_features=None) -> Tensor");
+  m.def("linear_fp32(Tensor x, Tensor weight, Tensor? bias, int? out_features=None) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");

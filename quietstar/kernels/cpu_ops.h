@@ -7,13 +7,16 @@
 namespace quietstar_cpu {
 
 // x (..., K) @ weight^T (+ bias) -> (..., N) in x's dtype; weight bf16, (N, K) or tiled
-// (N / 4, K / 32, 128: quietstar.kernels.modules.tile_rows).
+// (ceil(N / 4), K / 32, 128: quietstar.kernels.modules.tile_rows). N is `out_features` where
+// given (a tiled weight's last block may be padding), else every row the weight stores.
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias);
+                       const c10::optional<at::Tensor>& bias,
+                       c10::optional<int64_t> out_features = c10::nullopt);
 // The same with an fp32 weight (fp32 FMAs).
 at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias);
-// The same with an int8 weight and one fp32 scale per output channel.
+                       const c10::optional<at::Tensor>& bias,
+                       c10::optional<int64_t> out_features = c10::nullopt);
+// The same with an int8 weight and one fp32 scale per output channel (N: the scales).
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias);
 // HF's RMSNorm at inference.

@@ -31,34 +31,42 @@ FP32_KERNEL_MAX_ROWS = 64
 
 
 # The kernels' tiled weight layout (cpu_linear.cpp): blocks of TILE_ROWS output channels, each
-# stored as K / TILE_COLS chunks of TILE_ROWS x TILE_COLS values, chunk after chunk.
+# stored as K / TILE_COLS chunks of TILE_ROWS x TILE_COLS values, chunk after chunk; the last
+# block is padded with zero rows where N is not a multiple of TILE_ROWS.
 TILE_ROWS, TILE_COLS = 4, 32
 
 
 def tile_rows(weight: torch.Tensor) -> torch.Tensor | None:
-    """A (N, K) weight in the kernels' tiled layout, (N / 4, K / 32, 128), or None where N or K
-    does not divide. The kernels give the same results, bit for bit, from either layout, and
-    read the tiled one front to back: on a 2-core AVX2-only CPU a decode step's linears ran
-    1.25x (bf16 values) to 1.35x (int8) faster (benchmarks/RESULTS.md, "Tiled weights"). A new
-    tensor: the kernel's own copy, never one another layer shares."""
+    """A (N, K) weight in the kernels' tiled layout, (ceil(N / 4), K / 32, 128), or None where K
+    is not a multiple of 32. The kernels give the same results, bit for bit, from either layout,
+    and read the tiled one front to back: on a 2-core AVX2-only CPU a decode step's linears ran
+    1.25x (bf16 values) to 1.35x (int8) faster (benchmarks/RESULTS.md, "Tiled weights"). Up to
+    three zero rows pad the last block, so a caller tells the kernel its N (`out_features`, or
+    int8's one scale per channel). A new tensor: the kernel's own copy, never one another layer
+    shares."""
     n, k = weight.shape
-    if n % TILE_ROWS or k % TILE_COLS:
+    if k % TILE_COLS:
         return None
-    tiles = weight.reshape(n // TILE_ROWS, TILE_ROWS, k // TILE_COLS, TILE_COLS)
-    return tiles.transpose(1, 2).contiguous().view(n // TILE_ROWS, k // TILE_COLS, -1)
+    pad = -n % TILE_ROWS
+    if pad:
+        weight = torch.cat([weight, weight.new_zeros(pad, k)])
+    blocks = (n + pad) // TILE_ROWS
+    tiles = weight.reshape(blocks, TILE_ROWS, k // TILE_COLS, TILE_COLS)
+    return tiles.transpose(1, 2).contiguous().view(blocks, k // TILE_COLS, -1)
 
 
-def untile_rows(weight: torch.Tensor) -> torch.Tensor:
-    """`tile_rows`'s inverse, (N, K) row-major (a 2-D weight is returned as it is)."""
+def untile_rows(weight: torch.Tensor, out_features: int) -> torch.Tensor:
+    """`tile_rows`'s inverse: the first `out_features` rows, (N, K) row-major (a 2-D weight is
+    returned as it is)."""
     if weight.dim() == 2:
         return weight
     blocks, chunks, _ = weight.shape
     tiles = weight.view(blocks, chunks, TILE_ROWS, TILE_COLS).transpose(1, 2)
-    return tiles.reshape(blocks * TILE_ROWS, chunks * TILE_COLS)
+    return tiles.reshape(blocks * TILE_ROWS, chunks * TILE_COLS)[:out_features]
 
 
-def kernel_out_features(weight: torch.Tensor) -> int:
-    """N of a kernel weight in either layout."""
+def kernel_rows(weight: torch.Tensor) -> int:
+    """The rows a kernel weight stores in either layout, a tiled one's padding included."""
     return weight.shape[0] * (TILE_ROWS if weight.dim() == 3 else 1)
 
 
@@ -102,6 +110,7 @@ class RowsLinear(nn.Module):
         only_kernel = large is not None or self.max_rows == sys.maxsize
         if bf16_weight is not None or (not shared and only_kernel):
             weight = tiled_or_plain(weight)
+        self.padded = kernel_rows(weight) != self.out_features  # a tiled weight's last block
         self.register_buffer("weight", weight, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach()
         self.register_buffer("bias", bias, persistent=False)
@@ -112,11 +121,11 @@ class RowsLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] <= self.max_rows:
-            out = self.kernel(flat, self.weight, self.bias)
+            out = self.kernel(flat, self.weight, self.bias, self.out_features)
         elif self.large is not None:
             out = self.large(flat)
         else:
-            out = F.linear(flat, untile_rows(self.weight), self.bias)
+            out = F.linear(flat, untile_rows(self.weight, self.out_features), self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -239,7 +248,7 @@ class KernelDecoderLayers:
             eps |= {n.eps for n in norms}
             attn, mlp = layer.self_attn, layer.mlp
             for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
-                if isinstance(linear, RowsLinear):
+                if isinstance(linear, RowsLinear) and not linear.padded:  # N from the weight
                     max_rows = min(max_rows, linear.max_rows)
                 elif isinstance(linear, Int8Linear) and linear.use_kernel:
                     max_rows = min(max_rows, linear.max_rows.get(dtype, 0))

@@ -22,7 +22,7 @@ from quietstar.kernels.modules import (
     untile_rows,
 )
 from quietstar.packed import PackedLinear
-from quietstar.quant import Int8Linear, quantize_int8
+from quietstar.quant import Int8Linear, dequantize_int8, quantize_int8
 from tests.engine.engine_support import make_hf_checkpoint
 
 
@@ -104,31 +104,51 @@ def test_a_row_does_not_depend_on_the_other_rows(ops, M, act):
             assert torch.equal(layer(x[i : i + 1])[0], together[i]), (name, i)
 
 
-def test_tile_rows_round_trips_and_refuses_shapes_that_do_not_divide():
+def test_tile_rows_round_trips_pads_the_last_block_and_refuses_k_that_does_not_divide():
     w = torch.arange(12 * 96, dtype=torch.float32).view(12, 96)
     tiled = tile_rows(w)
     assert tiled.shape == (3, 3, 128)
     # block 0, chunk 1 holds columns 32..63 of rows 0..3, one row after the other
     assert torch.equal(tiled[0, 1].view(4, 32), w[0:4, 32:64])
-    assert torch.equal(untile_rows(tiled), w)
-    assert tile_rows(torch.zeros(10, 96)) is None  # N not a multiple of 4
+    assert torch.equal(untile_rows(tiled, 12), w)
+    padded = tile_rows(w[:10])  # N not a multiple of 4: two zero rows close the last block
+    assert padded.shape == (3, 3, 128)
+    assert torch.equal(padded[2, 0].view(4, 32)[2:], torch.zeros(2, 32))
+    assert torch.equal(untile_rows(padded, 10), w[:10])
     assert tile_rows(torch.zeros(12, 48)) is None  # K not a multiple of 32
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 17])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("K", [96, 576])  # 96: an odd number of 32-column chunks
-def test_tiled_weights_give_the_row_major_results_bitwise(ops, rows, act, K):
-    g = torch.Generator().manual_seed(rows + K)
-    w, bias = torch.randn(44, K, generator=g), torch.randn(44, generator=g)  # 44: 11 blocks
+@pytest.mark.parametrize("N", [44, 42, 41])  # 11 blocks, then the last padded by 2 and by 3
+def test_tiled_weights_give_the_row_major_results_bitwise(ops, rows, act, K, N):
+    g = torch.Generator().manual_seed(rows + K + N)
+    w, bias = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
     x = torch.randn(rows, K, generator=g).to(act)
     q, scales = quantize_int8(w)
     half = w.bfloat16()
-    assert torch.equal(ops.linear_bf16(x, tile_rows(half), bias), ops.linear_bf16(x, half, bias))
-    assert torch.equal(ops.linear_fp32(x, tile_rows(w), bias), ops.linear_fp32(x, w, bias))
+    tiled_half = ops.linear_bf16(x, tile_rows(half), bias, N)
+    assert tiled_half.shape == (rows, N) and torch.equal(tiled_half, ops.linear_bf16(x, half, bias))
+    assert torch.equal(ops.linear_bf16(x, tile_rows(half), None, N), ops.linear_bf16(x, half, None))
+    assert torch.equal(ops.linear_fp32(x, tile_rows(w), bias, N), ops.linear_fp32(x, w, bias))
     assert torch.equal(
         ops.linear_int8(x, tile_rows(q), scales, bias), ops.linear_int8(x, q, scales, bias)
     )
+
+
+def test_output_counts_that_do_not_fit_the_weight_are_named(ops):
+    w = torch.randn(10, 64)
+    tiled, x = tile_rows(w), torch.randn(1, 64)
+    assert ops.linear_fp32(x, tiled, None).shape == (1, 12)  # every stored row, padding included
+    for n in (8, 13):  # a whole block short; more rows than stored
+        with pytest.raises(RuntimeError, match=f"linear_fp32: {n} output channels do not fit"):
+            ops.linear_fp32(x, tiled, None, n)
+    with pytest.raises(RuntimeError, match="9 output channels do not fit a weight of shape"):
+        ops.linear_bf16(x, w.bfloat16(), None, 9)  # row-major: exactly its rows
+    q, scales = quantize_int8(w)
+    with pytest.raises(RuntimeError, match="linear_int8: 8 scales .one per output channel."):
+        ops.linear_int8(x, tile_rows(q), scales[:8], None)
 
 
 def test_rows_linear_tiles_only_a_weight_of_its_own(ops):
@@ -154,6 +174,15 @@ def test_rows_linear_tiles_only_a_weight_of_its_own(ops):
     assert RowsLinear(wide, large=torch.nn.Identity(), shared=False).weight.dim() == 3
     x = torch.randn(3, 64, generator=g)
     assert torch.equal(copy(x), ops.linear_fp32(x, wide.weight.detach(), wide.bias.detach()))
+    # 22 outputs: the tiled copy's last block is padded, and the layer's N is still 22
+    odd = torch.nn.Linear(64, 22)
+    odd.weight.data = odd.weight.data.bfloat16().float()
+    half = odd.weight.detach().bfloat16()
+    padded = RowsLinear(odd, large=torch.nn.Identity(), bf16_weight=half)
+    assert padded.weight.shape == (6, 2, 128) and padded.padded and not copy.padded
+    got = padded(x)
+    assert got.shape == (3, 22)
+    assert torch.equal(got, ops.linear_fp32(x, odd.weight.detach(), odd.bias.detach()))
 
 
 def test_bad_input_is_named(ops):
@@ -164,14 +193,19 @@ def test_bad_input_is_named(ops):
         ops.linear_bf16(torch.randn(1, 31), w, None)
     with pytest.raises(RuntimeError, match="not a multiple of 16"):
         ops.linear_bf16(torch.randn(1, 24), torch.randn(8, 24).bfloat16(), None)
-    with pytest.raises(RuntimeError, match="one contiguous fp32 scale per output"):
+    with pytest.raises(RuntimeError, match="7 scales .one per output channel. do not fit"):
         ops.linear_int8(
             torch.randn(1, 32), torch.zeros(8, 32, dtype=torch.int8), torch.ones(7), None
+        )
+    with pytest.raises(RuntimeError, match="one contiguous fp32 scale per output"):
+        ops.linear_int8(
+            torch.randn(1, 32), torch.zeros(8, 32, dtype=torch.int8), torch.ones(8).double(), None
         )
     with pytest.raises(RuntimeError, match="needs a contiguous CPU Float weight"):
         ops.linear_fp32(torch.randn(1, 32), w, None)
     with pytest.raises(
-        RuntimeError, match=r"tiled \(N / 4, K / 32, 128\), got BFloat16 of shape \[2, 1, 64\]"
+        RuntimeError,
+        match=r"tiled \(ceil\(N / 4\), K / 32, 128\), got BFloat16 of shape \[2, 1, 64\]",
     ):
         ops.linear_bf16(torch.randn(1, 32), torch.zeros(2, 1, 64, dtype=torch.bfloat16), None)
     with pytest.raises(RuntimeError, match="bias has 3 values for 8 outputs"):
@@ -199,6 +233,18 @@ def test_compiled_graph_calls_the_kernels(ops):
     x = torch.randn(1, 64).bfloat16()
     compiled = torch.compile(lambda t: int8(layer(t).repeat(1, 3)[:, :64]), fullgraph=True)
     assert torch.equal(compiled(x), int8(layer(x).repeat(1, 3)[:, :64]))
+    # tiled weights with a padded last block: N from out_features, and from int8's scales
+    odd = torch.nn.Linear(64, 22)
+    odd.weight.data = odd.weight.data.bfloat16().float()
+    copy = RowsLinear(odd, large=torch.nn.Identity(), bf16_weight=odd.weight.detach().bfloat16())
+    int8_odd = Int8Linear(odd.weight.detach(), None, torch.float32)
+    copy.max_rows, int8_odd.use_kernel, int8_odd.max_rows = 8, True, {torch.float32: 8}
+    int8_odd.weight = tile_rows(int8_odd.weight) if int8_odd.weight.dim() == 2 else int8_odd.weight
+    assert copy.padded and int8_odd.weight.shape[0] * 4 == 24
+    xf = torch.randn(2, 64)
+    compiled = torch.compile(lambda t: (copy(t), int8_odd(t)), fullgraph=True)
+    for got, want in zip(compiled(xf), (copy(xf), int8_odd(xf))):
+        assert got.shape == (2, 22) and torch.equal(got, want)
 
 
 def _logits(model, ids):
@@ -461,16 +507,20 @@ def test_rope_kernel_matches_apply_rope_on_a_strided_view(ops, dtype):
         ops.rope(x, cos[:, :1], sin[:, :1])
 
 
-def test_int8_layer_beyond_its_row_limit_matches_its_kernel(ops):
+@pytest.mark.parametrize("N", [24, 22])  # 22: the tiled weight's last block is padded
+def test_int8_layer_beyond_its_row_limit_matches_its_kernel(ops, N):
     g = torch.Generator().manual_seed(17)
-    layer = Int8Linear(
-        torch.randn(24, 64, generator=g), torch.randn(24, generator=g), torch.float32
-    )
+    w = torch.randn(N, 64, generator=g)
+    layer = Int8Linear(w, torch.randn(N, generator=g), torch.float32)
     if not layer.use_kernel:
         pytest.skip("the portable build leaves int8 layers to PyTorch")
+    assert layer.weight.shape == (6, 2, 128)  # tiled, 24 rows stored either way
+    q, scales = quantize_int8(w)
+    assert torch.equal(layer.dequantized(), dequantize_int8(q, scales))  # (N, K), no padding
     x = torch.randn(layer.max_rows[torch.float32] + 8, 64, generator=g)
     whole = layer(x)  # the widened weight and a GEMM
     by_row = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])  # the kernel
+    assert whole.shape == by_row.shape == (len(x), N)
     assert torch.allclose(whole, by_row, rtol=1e-5, atol=1e-5)
 
 
