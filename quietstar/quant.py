@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels.modules import (
-    kernel_max_rows,
+    int8_kernel_max_rows,
     linear_kernels_serve,
     tiled_or_plain,
     untile_rows,
     use_kernel_layers,
+    widened_int8,
 )
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         # rows through the kernel per activation dtype; beyond, the weight is widened once and
         # multiplied by a GEMM (prefill, scoring)
-        self.max_rows = {dt: kernel_max_rows(dt) for dt in (torch.bfloat16, torch.float32)}
+        self.max_rows = {dt: int8_kernel_max_rows(dt) for dt in (torch.bfloat16, torch.float32)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -119,7 +120,7 @@ class Int8Linear(nn.Module):
                 flat, self.weight, self.scales_fp32, self.bias
             )
         elif self.use_kernel:
-            widened = untile_rows(self.weight, self.out_features).to(flat.dtype)
+            widened = widened_int8(self.weight, self.out_features, flat.dtype)
             out = F.linear(flat, widened) * self.scales.to(flat.dtype)
             if self.bias is not None:
                 out = out + self.bias

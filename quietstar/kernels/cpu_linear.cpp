@@ -372,6 +372,48 @@ inline float rounded(float v, const uint16_t*) { return bf16_value(bf16_bits(v))
 inline void put(float* p, int64_t i, float v) { p[i] = v; }
 inline void put(uint16_t* p, int64_t i, float v) { p[i] = bf16_bits(v); }
 
+// out (N, K) = q's first N rows as out's dtype (fp32 or bf16: every int8 value is exact in
+// both), from q in either layout: the weight a GEMM multiplies by, written into a buffer the
+// caller keeps (prefill and scoring reuse it, layer after layer, instead of allocating).
+at::Tensor widen_int8(const at::Tensor& q, at::Tensor out) {
+  check_weight(q, at::kChar, "widen_int8");
+  TORCH_CHECK(out.device().is_cpu() && out.dim() == 2 && out.is_contiguous() &&
+                  (out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16),
+              "widen_int8 writes a contiguous (N, K) float32 or bfloat16 CPU tensor, got ",
+              c10::toString(out.scalar_type()), " of shape ", out.sizes());
+  const int64_t K = in_features(q);
+  const int64_t N = out_features(q, out.size(0), "widen_int8", "rows");
+  TORCH_CHECK(out.size(1) == K, "widen_int8: out has ", out.size(1), " columns, the weight ", K);
+  const int8_t* qp = q.data_ptr<int8_t>();
+  auto rows = [&](auto* o, auto layout) {
+    using L = decltype(layout);
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const int8_t* src = L::row(qp, n, K);
+        auto* dst = o + n * K;
+        if constexpr (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<decltype(o)>>, float>) {
+          if (K % kLanes == 0) {  // whole vectors (every tiled weight: K % 32 == 0)
+            for_columns<L, kLanes>(K, [&](int64_t k, int64_t at) { store(dst + k, widen(src + at)); });
+            continue;
+          }
+        }
+        for_columns<L, kChunk>(K, [&](int64_t k, int64_t at) {
+          for (int64_t c = 0; c < kChunk && k + c < K; ++c) put(dst, k + c, src[at + c]);
+        });
+      }
+    });
+  };
+  auto layouts = [&](auto* o) {
+    if (q.dim() == 3) rows(o, Tiled{}); else rows(o, RowMajor{});
+  };
+  if (out.scalar_type() == at::kFloat)
+    layouts(out.data_ptr<float>());
+  else
+    layouts(reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()));
+  return out;
+}
+
+
 // HF's RMSNorm at inference: y = weight * (x * rsqrt(mean(x^2) + eps)) with the normalisation in
 // fp32 and rounded to x's dtype before the (x's dtype) product with the weight. T: float, or
 // uint16_t for bf16 bits. The sum of squares runs in vector lanes, the rest vectorised by the
@@ -471,6 +513,7 @@ TORCH_LIBRARY(quietstar_cpu, m) {
   m.def("linear_bf16(Tensor x, Tensor weight, Tensor? bias, int? out_features=None) -> Tensor");
   m.def("linear_fp32(Tensor x, Tensor weight, Tensor? bias, int? out_features=None) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+  m.def("widen_int8(Tensor weight, Tensor(a!) out) -> Tensor(a!)");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
 }
@@ -479,6 +522,7 @@ TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
   m.impl("linear_fp32", &linear_fp32);
   m.impl("linear_int8", &linear_int8);
+  m.impl("widen_int8", &widen_int8);
   m.impl("rms_norm", &rms_norm);
   m.impl("rope", &rope);
 }

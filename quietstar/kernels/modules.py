@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,20 @@ def kernel_max_rows(activations: torch.dtype = torch.bfloat16) -> int:
         return 0
     return 32 if activations == torch.float32 or cap == "AVX512_BF16" else sys.maxsize
 
+
+def int8_kernel_max_rows(activations: torch.dtype) -> int:
+    """`kernel_max_rows` for int8 weights. Beyond it, the GEMM multiplies by the weight widened
+    for each call, which costs it more than an fp32 weight's GEMM: with fp32 activations the
+    kernel measured ahead up to about 96 rows on the AVX2 class (the default model's decoder
+    linears, 42 against 56 ms at 48 rows, 86 against 86 at 96; benchmarks/RESULTS.md, "The LM
+    head tiled, int8 prefill through the kernel"), so it takes up to INT8_FP32_KERNEL_MAX_ROWS."""
+    rows = kernel_max_rows(activations)
+    if activations == torch.float32 and rows > 0:
+        return max(rows, INT8_FP32_KERNEL_MAX_ROWS)
+    return rows
+
+
+INT8_FP32_KERNEL_MAX_ROWS = 64
 
 # fp32 weights: quietstar's kernel measured ahead of oneDNN's pre-packed GEMM up to 64 rows on
 # AVX-512 (14.0 against 21.3 ms per model at 1 row, 60.6 against 68.0 at 64), behind at 128
@@ -63,6 +78,27 @@ def untile_rows(weight: torch.Tensor, out_features: int) -> torch.Tensor:
     blocks, chunks, _ = weight.shape
     tiles = weight.view(blocks, chunks, TILE_ROWS, TILE_COLS).transpose(1, 2)
     return tiles.reshape(blocks * TILE_ROWS, chunks * TILE_COLS)[:out_features]
+
+
+# Prefill and scoring widen each int8 weight for a GEMM, layer after layer: into one buffer per
+# thread and dtype, reused, where the weight is at most this many values (every decoder layer of
+# the default model; its 28 M-value LM head is widened into a fresh tensor).
+WIDEN_SCRATCH_MAX = 1 << 23
+_scratch = threading.local()
+
+
+def widened_int8(q: torch.Tensor, out_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """An int8 kernel weight (either layout) as (out_features, K) `dtype` values, exactly, for a
+    GEMM. Small ones land in this thread's scratch buffer: valid until the next call here."""
+    k = q.shape[1] * (TILE_COLS if q.dim() == 3 else 1)
+    size = out_features * k
+    if size > WIDEN_SCRATCH_MAX or torch.compiler.is_compiling():
+        return untile_rows(q, out_features).to(dtype)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < size:  # grows to the largest layer
+        buf = buffers[dtype] = torch.empty(size, dtype=dtype)
+    return torch.ops.quietstar_cpu.widen_int8(q, buf[:size].view(out_features, k))
 
 
 def kernel_rows(weight: torch.Tensor) -> int:

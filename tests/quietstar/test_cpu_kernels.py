@@ -20,6 +20,7 @@ from quietstar.kernels.modules import (
     kernel_max_rows,
     tile_rows,
     untile_rows,
+    widened_int8,
 )
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int8Linear, dequantize_int8, quantize_int8
@@ -507,6 +508,26 @@ def test_rope_kernel_matches_apply_rope_on_a_strided_view(ops, dtype):
         ops.rope(x, cos[:, :1], sin[:, :1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_widen_int8_writes_the_exact_values_from_either_layout(ops, dtype):
+    g = torch.Generator().manual_seed(8)
+    q, _ = quantize_int8(torch.randn(22, 96, generator=g))
+    for weight in (q, tile_rows(q)):
+        out = torch.full((22, 96), float("nan"), dtype=dtype)
+        assert ops.widen_int8(weight, out) is out
+        assert torch.equal(out, q.to(dtype))
+    first = widened_int8(tile_rows(q), 22, dtype)
+    assert torch.equal(first, q.to(dtype))
+    q2, _ = quantize_int8(torch.randn(8, 96, generator=g))
+    assert torch.equal(widened_int8(q2, 8, dtype), q2.to(dtype))  # the same buffer, reused
+    with pytest.raises(RuntimeError, match="widen_int8: 21 rows do not fit a weight of shape"):
+        ops.widen_int8(q, torch.empty(21, 96, dtype=dtype))
+    with pytest.raises(RuntimeError, match="widen_int8: out has 64 columns, the weight 96"):
+        ops.widen_int8(q, torch.empty(22, 64, dtype=dtype))
+    with pytest.raises(RuntimeError, match="contiguous .N, K. float32 or bfloat16"):
+        ops.widen_int8(q, torch.empty(22, 96, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("N", [24, 22])  # 22: the tiled weight's last block is padded
 def test_int8_layer_beyond_its_row_limit_matches_its_kernel(ops, N):
     g = torch.Generator().manual_seed(17)
@@ -519,6 +540,7 @@ def test_int8_layer_beyond_its_row_limit_matches_its_kernel(ops, N):
     assert torch.equal(layer.dequantized(), dequantize_int8(q, scales))  # (N, K), no padding
     x = torch.randn(layer.max_rows[torch.float32] + 8, 64, generator=g)
     whole = layer(x)  # the widened weight and a GEMM
+    assert torch.equal(whole, F.linear(x, q.float()) * scales + layer.bias)
     by_row = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])  # the kernel
     assert whole.shape == by_row.shape == (len(x), N)
     assert torch.allclose(whole, by_row, rtol=1e-5, atol=1e-5)
