@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from quietstar.dtypes import cpu_flags
 from quietstar.kernels import capability, cpu_ops
-from quietstar.kernels.modules import tiled_or_plain
+from quietstar.kernels.modules import tiled_or_plain, widened_int8
 from quietstar.packed import PackedLinear
 from quietstar.quant import Int4Linear, Int8Linear, quantize_int8
 
@@ -32,7 +32,7 @@ SHAPES = {  # name: (out_features, in_features) of SmolLM2-135M's fused layers
     "gate_up": (3072, 576),
     "down": (576, 1536),
 }
-LM_HEAD = (49152, 576)
+LM_HEAD = (49154, 576)  # the vocabulary and the two thought tokens
 LAYERS = 30
 
 
@@ -73,6 +73,13 @@ def variants(weight: torch.Tensor) -> dict[str, tuple[str, object]]:
         out["bf16 (quietstar)"] = ("bf16", lambda x: ops.linear_bf16(x, tb, None))
         out["bf16 (quietstar, row-major)"] = ("bf16", lambda x: ops.linear_bf16(x, w, None))
         out["int8 (quietstar)"] = ("bf16", Int8Linear(weight, None, torch.bfloat16))
+        int8_fp32 = Int8Linear(weight, None, torch.float32)
+        out["int8 (quietstar), fp32 act."] = ("fp32", int8_fp32)
+        n, s32 = weight.shape[0], int8_fp32.scales_fp32
+        out["int8 widened + GEMM, fp32 act."] = (
+            "fp32",
+            lambda x: F.linear(x, widened_int8(int8_fp32.weight, n, torch.float32)) * s32,
+        )
         scales32 = scales.float()
         out["int8 (quietstar, row-major)"] = (
             "bf16",

@@ -92,8 +92,10 @@ def widened_int8(q: torch.Tensor, out_features: int, dtype: torch.dtype) -> torc
     GEMM. Small ones land in this thread's scratch buffer: valid until the next call here."""
     k = q.shape[1] * (TILE_COLS if q.dim() == 3 else 1)
     size = out_features * k
-    if size > WIDEN_SCRATCH_MAX or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return untile_rows(q, out_features).to(dtype)
+    if size > WIDEN_SCRATCH_MAX:
+        return torch.ops.quietstar_cpu.widen_int8(q, q.new_empty(out_features, k, dtype=dtype))
     buffers = _scratch.__dict__.setdefault("buffers", {})
     buf = buffers.get(dtype)
     if buf is None or buf.numel() < size:  # grows to the largest layer

@@ -16,6 +16,7 @@ import quietstar
 from quietstar import kernels
 from quietstar.dtypes import can_prepack
 from quietstar.kernels.modules import (
+    WIDEN_SCRATCH_MAX,
     RowsLinear,
     kernel_max_rows,
     tile_rows,
@@ -520,6 +521,8 @@ def test_widen_int8_writes_the_exact_values_from_either_layout(ops, dtype):
     assert torch.equal(first, q.to(dtype))
     q2, _ = quantize_int8(torch.randn(8, 96, generator=g))
     assert torch.equal(widened_int8(q2, 8, dtype), q2.to(dtype))  # the same buffer, reused
+    big, _ = quantize_int8(torch.randn(WIDEN_SCRATCH_MAX // 96 + 3, 96, generator=g))
+    assert torch.equal(widened_int8(tile_rows(big), len(big), dtype), big.to(dtype))  # a new one
     with pytest.raises(RuntimeError, match="widen_int8: 21 rows do not fit a weight of shape"):
         ops.widen_int8(q, torch.empty(21, 96, dtype=dtype))
     with pytest.raises(RuntimeError, match="widen_int8: out has 64 columns, the weight 96"):
