@@ -12,9 +12,9 @@
 //
 // A weight comes row-major (N, K), or tiled (ceil(N / 4), K / 32, 128): each block of 4 output
 // channels stored as K / 32 chunks of 4 x 32 values, chunk after chunk, the last block padded
-// with zero rows (`quietstar.kernels.modules.tile_rows` makes it once at load). The results are the same, bit
-// for bit; what changes is that the kernel reads a tiled weight front to back, where a row-major
-// one is four interleaved streams that the hardware prefetchers follow badly.
+// with zero rows (`quietstar.kernels.modules.tile_rows` makes it once at load). The results are
+// the same, bit for bit; what changes is that the kernel reads a tiled weight front to back,
+// where a row-major one is four interleaved streams that the hardware prefetchers follow badly.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -387,15 +387,16 @@ at::Tensor widen_int8(const at::Tensor& q, at::Tensor out) {
   const int8_t* qp = q.data_ptr<int8_t>();
   auto rows = [&](auto* o, auto layout) {
     using L = decltype(layout);
+    constexpr bool kFloatOut = std::is_same_v<std::remove_pointer_t<decltype(o)>, float>;
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const int8_t* src = L::row(qp, n, K);
         auto* dst = o + n * K;
-        if constexpr (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<decltype(o)>>, float>) {
-          if (K % kLanes == 0) {  // whole vectors (every tiled weight: K % 32 == 0)
-            for_columns<L, kLanes>(K, [&](int64_t k, int64_t at) { store(dst + k, widen(src + at)); });
-            continue;
-          }
+        if (kFloatOut && K % kLanes == 0) {  // whole vectors (every tiled weight: K % 32 == 0)
+          for_columns<L, kLanes>(K, [&](int64_t k, int64_t at) {
+            if constexpr (kFloatOut) store(dst + k, widen(src + at));
+          });
+          continue;
         }
         for_columns<L, kChunk>(K, [&](int64_t k, int64_t at) {
           for (int64_t c = 0; c < kChunk && k + c < K; ++c) put(dst, k + c, src[at + c]);
@@ -412,7 +413,6 @@ at::Tensor widen_int8(const at::Tensor& q, at::Tensor out) {
     layouts(reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()));
   return out;
 }
-
 
 // HF's RMSNorm at inference: y = weight * (x * rsqrt(mean(x^2) + eps)) with the normalisation in
 // fp32 and rounded to x's dtype before the (x's dtype) product with the weight. T: float, or

@@ -25,19 +25,21 @@ def kernel_max_rows(activations: torch.dtype = torch.bfloat16) -> int:
     return 32 if activations == torch.float32 or cap == "AVX512_BF16" else sys.maxsize
 
 
+# int8 weights with fp32 activations: see int8_kernel_max_rows.
+INT8_FP32_KERNEL_MAX_ROWS = 64
+
+
 def int8_kernel_max_rows(activations: torch.dtype) -> int:
     """`kernel_max_rows` for int8 weights. Beyond it, the GEMM multiplies by the weight widened
     for each call, which costs it more than an fp32 weight's GEMM: with fp32 activations the
-    kernel measured ahead up to about 96 rows on the AVX2 class (the default model's decoder
-    linears, 42 against 56 ms at 48 rows, 86 against 86 at 96; benchmarks/RESULTS.md, "The LM
-    head tiled, int8 prefill through the kernel"), so it takes up to INT8_FP32_KERNEL_MAX_ROWS."""
+    kernel measured ahead at 48 rows on the AVX2 class (134 against 228 ms for the default
+    model's linears; benchmarks/RESULTS.md, "The LM head tiled, int8 prefill through the
+    kernel"), so it takes up to INT8_FP32_KERNEL_MAX_ROWS."""
     rows = kernel_max_rows(activations)
     if activations == torch.float32 and rows > 0:
         return max(rows, INT8_FP32_KERNEL_MAX_ROWS)
     return rows
 
-
-INT8_FP32_KERNEL_MAX_ROWS = 64
 
 # fp32 weights: quietstar's kernel measured ahead of oneDNN's pre-packed GEMM up to 64 rows on
 # AVX-512 (14.0 against 21.3 ms per model at 1 row, 60.6 against 68.0 at 64), behind at 128
@@ -270,8 +272,8 @@ class KernelDecoderLayers:
     @classmethod
     def of(cls, backbone) -> KernelDecoderLayers | None:
         """For a backbone after `fuse_for_inference`, or None where some layer leaves the kernels
-        (fp32 weights pre-packed for oneDNN, int4 output rows padded for PyTorch's packing, no
-        kernel build, CUDA)."""
+        (fp32 weights pre-packed for oneDNN, int4 output rows padded for PyTorch's packing, a
+        bf16 or fp32 tiled weight with a padded last block, no kernel build, CUDA)."""
         from ..quant import Int4Linear, Int8Linear
         from . import cpu_ops
 
