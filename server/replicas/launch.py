@@ -6,7 +6,7 @@ the running ones --shutdown-timeout seconds (`graceful_shutdown_timeout_s`) befo
 them. A local cluster started here is shut down too; a joined one (--ray-address) keeps running.
 All of it runs under one deadline, --shutdown-timeout + TEARDOWN_MARGIN_S (`Teardown`): Ray's
 own waits add up to minutes and `ray.shutdown` has none. Past it the process exits with status
-1, and the processes of a local cluster, which Ray binds to this one, go with it.
+1; a local cluster's processes, which Ray binds to this one, exit after it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run(config: ServerConfig) -> int:
         if is_local:
             teardown.step("stopping Ray Serve", serve.shutdown)
             teardown.step("stopping the local Ray cluster", ray.shutdown)
-        teardown.stopped()
+    teardown.stopped()  # not after an exception: that stop was not clean
     return 0
 
 
