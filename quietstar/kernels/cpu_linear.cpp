@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cpu_ops.h"
+#include "cpu_parallel.h"
 #include "cpu_vec.h"
 
 namespace {
@@ -219,7 +220,7 @@ void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
 // not a multiple of kBlockN, the last block repeats row N - 1 (see `block_row`) and drops it.
 template <typename Out, typename Block>
 void run_blocks(Out* out, int64_t M, int64_t N, const float* bias, Block block) {
-  at::parallel_for(0, (N + kBlockN - 1) / kBlockN, 8, [&](int64_t begin, int64_t end) {
+  parallel_balanced((N + kBlockN - 1) / kBlockN, 8, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> sums(M * kBlockN);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n0 = i * kBlockN;

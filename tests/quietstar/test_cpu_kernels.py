@@ -139,6 +139,34 @@ def test_tiled_weights_give_the_row_major_results_bitwise(ops, rows, act, K, N):
     )
 
 
+@pytest.mark.parametrize("N", [4096, 1026])  # 1026: a padded last block, an uneven split
+def test_results_do_not_depend_on_the_thread_count(ops, N):
+    """Threads share a linear's blocks and steal from each other's shares at the end
+    (cpu_parallel.h): 3 and 4 threads on 2 cores make shares finish unevenly, so blocks change
+    hands. Every output must still be written once, as one thread computes it."""
+    g = torch.Generator().manual_seed(N)
+    w, bias = torch.randn(N, 576, generator=g), torch.randn(N, generator=g)
+    x = torch.randn(3, 576, generator=g)
+    q, scales = quantize_int8(w)
+    weights = {
+        "int8": lambda: ops.linear_int8(x, tile_rows(q), scales, bias),
+        "bf16": lambda: ops.linear_bf16(x, tile_rows(w.bfloat16()), bias, N),
+        "fp32": lambda: ops.linear_fp32(x, w, bias),
+    }
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = {name: run() for name, run in weights.items()}
+        assert torch.allclose(alone["fp32"].double(), _reference(x, w, bias), atol=1e-3)
+        for threads in (2, 3, 4):
+            torch.set_num_threads(threads)
+            for _ in range(5):
+                for name, run in weights.items():
+                    assert torch.equal(run(), alone[name]), (name, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_output_counts_that_do_not_fit_the_weight_are_named(ops):
     w = torch.randn(10, 64)
     tiled, x = tile_rows(w), torch.randn(1, 64)
