@@ -5,7 +5,8 @@
 // fp32 once for up to four activation rows, accumulate in fp32 and prefetch the rows ahead. They
 // use AVX-512 or AVX2 intrinsics when built for them (quietstar/kernels/__init__.py picks the
 // instruction set from PyTorch's own CPU capability) and a scalar loop elsewhere, threaded over
-// output channels with PyTorch's intra-op pool.
+// output channels with PyTorch's intra-op pool, the threads stealing blocks from each other's
+// shares at the end of a call (cpu_parallel.h).
 //
 // Every row's result is computed the same way whatever the number of rows (batch-invariant):
 // accumulation order depends only on K, never on M or on the thread count.
