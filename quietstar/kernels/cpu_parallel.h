@@ -26,10 +26,15 @@ namespace quietstar_cpu {
 template <typename Work>
 void parallel_balanced(int64_t items, int64_t grain, int64_t max_chunk, const Work& work) {
   if (items <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
   const int64_t threads =
-      std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, items / std::max<int64_t>(grain, 1)));
+      std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, items / grain));
   if (threads <= 1 || at::in_parallel_region()) {
     work(0, items);
+    return;
+  }
+  if (items > int64_t{0xffffffff}) {  // beyond a share's 32-bit ends: PyTorch's static split
+    at::parallel_for(0, items, grain, work);
     return;
   }
   // a share's unclaimed items, [front, back), packed into one word that both ends update
@@ -41,7 +46,8 @@ void parallel_balanced(int64_t items, int64_t grain, int64_t max_chunk, const Wo
     const uint64_t lo = items * t / threads, hi = items * (t + 1) / threads;
     shares[t].range.store(lo << 32 | hi, std::memory_order_relaxed);
   }
-  const int64_t chunk = std::clamp<int64_t>(items / threads / 16, 1, std::max<int64_t>(max_chunk, 1));
+  const int64_t chunk =
+      std::clamp<int64_t>(items / threads / 16, 1, std::max<int64_t>(max_chunk, 1));
   // claims up to `chunk` items from share s's front (the owner) or back (a thief)
   auto claim = [&](int64_t s, bool front, int64_t& lo, int64_t& hi) {
     uint64_t v = shares[s].range.load(std::memory_order_relaxed);
