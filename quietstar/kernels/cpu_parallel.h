@@ -42,22 +42,25 @@ void parallel_balanced(int64_t items, int64_t grain, int64_t max_chunk, const Wo
     std::atomic<uint64_t> range;
   };
   const std::unique_ptr<Share[]> shares(new Share[threads]);
-  for (int64_t t = 0; t < threads; ++t) {
-    const uint64_t lo = items * t / threads, hi = items * (t + 1) / threads;
-    shares[t].range.store(lo << 32 | hi, std::memory_order_relaxed);
-  }
+  auto pack = [](int64_t front, int64_t back) {
+    return static_cast<uint64_t>(front) << 32 | static_cast<uint64_t>(back);
+  };
+  auto front_of = [](uint64_t v) { return static_cast<int64_t>(v >> 32); };
+  auto back_of = [](uint64_t v) { return static_cast<int64_t>(v & 0xffffffffu); };
+  for (int64_t t = 0; t < threads; ++t)
+    shares[t].range.store(pack(items * t / threads, items * (t + 1) / threads),
+                          std::memory_order_relaxed);
   const int64_t chunk =
       std::clamp<int64_t>(items / threads / 16, 1, std::max<int64_t>(max_chunk, 1));
   // claims up to `chunk` items from share s's front (the owner) or back (a thief)
   auto claim = [&](int64_t s, bool front, int64_t& lo, int64_t& hi) {
     uint64_t v = shares[s].range.load(std::memory_order_relaxed);
     for (;;) {
-      const int64_t f = static_cast<int64_t>(v >> 32), b = static_cast<int64_t>(v & 0xffffffffu);
+      const int64_t f = front_of(v), b = back_of(v);
       if (f >= b) return false;
       lo = front ? f : std::max(f, b - chunk);
       hi = front ? std::min(b, f + chunk) : b;
-      const uint64_t next = front ? static_cast<uint64_t>(hi) << 32 | static_cast<uint64_t>(b)
-                                  : static_cast<uint64_t>(f) << 32 | static_cast<uint64_t>(lo);
+      const uint64_t next = front ? pack(hi, b) : pack(f, lo);
       if (shares[s].range.compare_exchange_weak(v, next, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed))
         return true;
@@ -72,7 +75,7 @@ void parallel_balanced(int64_t items, int64_t grain, int64_t max_chunk, const Wo
       int64_t victim = -1, most = 0;
       for (int64_t s = 0; s < threads; ++s) {
         const uint64_t v = shares[s].range.load(std::memory_order_relaxed);
-        const int64_t left = static_cast<int64_t>(v & 0xffffffffu) - static_cast<int64_t>(v >> 32);
+        const int64_t left = back_of(v) - front_of(v);
         if (left > most) victim = s, most = left;
       }
       if (victim < 0) return;
