@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument(
         "--quantize",
-        choices=["int8", "int4"],
+        choices=["int8", "int4", "q4_1"],
         default=None,
-        help="weight-only quantisation of the engine's model (default: none)",
+        help="quantisation of the engine's model, as `quietstar serve --quantize` (default: none)",
     )
     p.add_argument(
         "--quantize-group-size", type=int, default=32, help="int4 only: columns per scale/zero"

@@ -1,7 +1,8 @@
 """What quantisation costs in quality, on held-out data: `python -m benchmarks.quant_cost`.
 
 1. Next-token NLL, base and thought-aided, of each variant on the same held-out GSM8K windows
-   (the 5 % split, seed and window length the default heads were trained with), paired with the
+   (the 5 % split, seed and window length `quietstar train` uses for heads, e.g. those in
+   results/training/gsm8k_heads_step200, given with --heads), paired with the
    unquantised model token by token (training/evaluation.py's `token_nlls`; each model samples its
    own thoughts from the same seed). Error bars: 1.96 standard errors of the paired differences.
 2. Greedy agreement over `--gen-tokens` tokens: the unquantised engine generates them greedily
@@ -28,6 +29,12 @@ HEADS_SPLIT = dict(eval_fraction=0.05, seed=42, seq_len=48, n_ahead=8, n_ahead_t
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quant_cost", description=__doc__)
     p.add_argument("--model", default="default", help="`default` or a checkpoint directory")
+    p.add_argument(
+        "--heads",
+        default=None,
+        help="a heads directory whose start/end vectors and mixing head replace the model's "
+        "(default: the model's own; a model without trained heads shows no thought gain)",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--variants", default="none,int8,int4", help=VARIANT_HELP)
     p.add_argument("--data", required=True, help="GSM8K train.jsonl (question/answer records)")
@@ -52,7 +59,9 @@ def load(args, name: str):
     import quietstar
 
     mode, group, dtype = parse_variant(name, args.dtype)
-    return quietstar.load(args.model, dtype, quantize=mode, quantize_group_size=group)
+    return quietstar.load(
+        args.model, dtype, heads=args.heads, quantize=mode, quantize_group_size=group
+    )
 
 
 def paired(diff: torch.Tensor) -> dict[str, float]:
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "dtype": args.dtype,
         "model": args.model,
+        "heads": args.heads,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

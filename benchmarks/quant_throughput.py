@@ -14,8 +14,8 @@ import time
 
 VARIANT_HELP = (
     "comma-separated variants to compare, the first being the baseline: none (unquantised), "
-    "int8, int4, or int4:G for group size G, each optionally @DTYPE to override --dtype "
-    "(e.g. none@float32,int8@bfloat16,int4)"
+    "int8, int4, int4:G for group size G, or q4_1, each optionally @DTYPE to override --dtype "
+    "(e.g. none@float32,int8@bfloat16,int4,q4_1)"
 )
 DTYPES = ("auto", "bfloat16", "float32")
 
@@ -24,8 +24,10 @@ def parse_variant(text: str, dtype: str = "bfloat16") -> tuple[str | None, int, 
     """'none' -> (None, 32, dtype); 'int4:64@float32' -> ('int4', 64, 'float32')."""
     body, _, override = text.strip().partition("@")
     mode, _, group = body.partition(":")
-    if mode not in ("none", "int8", "int4") or (override and override not in DTYPES):
-        raise ValueError(f"unknown variant {text!r} (none|int8|int4[:G][@auto|@bfloat16|@float32])")
+    if mode not in ("none", "int8", "int4", "q4_1") or (override and override not in DTYPES):
+        raise ValueError(
+            f"unknown variant {text!r} (none|int8|int4[:G]|q4_1, then @auto|@bfloat16|@float32)"
+        )
     return (None if mode == "none" else mode), int(group or 32), override or dtype
 
 

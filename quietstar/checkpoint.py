@@ -248,8 +248,9 @@ def load(
     tensors replace the checkpoint's own. `default` uses the heads shipped with the package, when
     there are any (`quietstar/default_heads/`).
 
-    `quantize`: "int8" or "int4" (groups of `quantize_group_size`) makes an inference-only model
-    with weight-only quantised backbone linears (quietstar/quant.py); None keeps full precision."""
+    `quantize`: "int8", "int4" (groups of `quantize_group_size`) or "q4_1" makes an
+    inference-only model with quantised backbone linears (quietstar/quant.py); None keeps full
+    precision."""
     spec = None
     if quantize is not None:
         from .quant import QuantSpec

@@ -66,7 +66,7 @@ def resolve_dtype(
 ) -> DtypeChoice:
     """`auto` -> the dtype this device runs fastest for a server's mixed work; an explicit dtype
     (name or torch.dtype) is kept as it is. `caps` replaces the probe (tests fake CPUs with it).
-    `quantize`: "int8" or "int4" weights, whose dtype is then that of the activations.
+    `quantize`: "int8", "int4" or "q4_1" weights, whose dtype is then that of the activations.
     `int8_kernel`: whether quietstar's int8 CPU kernel serves here (None: build or load it and
     see; tests fake it)."""
     if isinstance(requested, torch.dtype):
@@ -83,6 +83,13 @@ def resolve_dtype(
     if kind != "cpu":
         return DtypeChoice(torch.float32, "auto", f"{kind} device: float32, the safe default")
     caps = caps or probe_cpu()
+    if quantize == "q4_1":
+        return DtypeChoice(
+            torch.bfloat16 if caps.onednn_bf16 else torch.float32,
+            "auto",
+            f"{caps.describe()}, q4_1 weights: quietstar's kernel rounds activations to 8 bits "
+            "from either dtype; the rest of the model as without quantisation",
+        )
     if quantize == "int8" and not caps.onednn_bf16:
         if int8_kernel is None:
             from .kernels import cpu_ops

@@ -1,11 +1,17 @@
-"""Weight-only quantisation of the backbone's linear layers (int8 per output channel, int4 grouped).
+"""Quantisation of the backbone's linear layers: weight-only int8 (per output channel) and int4
+(grouped), and q4_1 (llama.cpp's Q4_1 blocks with 8-bit activations).
 
 Activations stay in the compute dtype (`--dtype auto`: fp32 for int8 where bf16 matmuls are
 emulated and quietstar's kernel serves, bf16 otherwise; `quietstar.dtypes.resolve_dtype`). int8
 matmuls run quietstar's CPU kernel where it builds (`quietstar.kernels`: it streams the weights,
 stored tiled, faster than PyTorch's at a few rows, and takes fp32 activations without a scalar
 path), else PyTorch's `aten._weight_int8pack_mm`; int4 ones run PyTorch's tinygemm-layout
-kernels (`aten._weight_int4pack_mm[_for_cpu]`, the ones gpt-fast and torchao call). The mixing
+kernels (`aten._weight_int4pack_mm[_for_cpu]`, the ones gpt-fast and torchao call). q4_1 is the
+format the default model ships in (its GGUF's blocks are reproduced code for code) and runs
+llama.cpp's arithmetic on quietstar's CPU kernel (`Q4_1Linear`): each activation row is rounded to
+8 bits per 32 values, so its results differ from the weights' exact product, unlike the
+weight-only modes; in exchange a weight reads 0.625 bytes and a block's products are integer dot
+products, the fastest batch-1 decode on CPUs (benchmarks/RESULTS.md). The mixing
 head and the start/end vectors stay fp32 (they are tiny and feed the mixing weight w directly);
 the embedding table stays in the compute dtype (a lookup reads one row). The LM head is int8 in
 both modes: an int4 head cost the default model 0.035 nats of held-out NLL for 6 % of batch-1
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels.modules import (
+    TILE_ROWS,
     int8_kernel_max_rows,
     linear_kernels_serve,
     tiled_or_plain,
@@ -34,14 +41,14 @@ from .kernels.modules import (
 
 log = logging.getLogger(__name__)
 
-QUANT_MODES = ("int8", "int4")
+QUANT_MODES = ("int8", "int4", "q4_1")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what both int4 kernels accept
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    mode: str  # "int8" or "int4"
-    group_size: int = 32  # int4 only: input columns sharing one scale and zero
+    mode: str  # "int8", "int4" or "q4_1"
+    group_size: int = 32  # int4 only: input columns sharing one scale and zero (q4_1: 32)
 
     def __post_init__(self):
         if self.mode not in QUANT_MODES:
@@ -50,9 +57,14 @@ class QuantSpec:
             raise ValueError(
                 f"int4 group size must be one of {INT4_GROUP_SIZES}, got {self.group_size}"
             )
+        if self.mode == "q4_1" and self.group_size != Q4_1_BLOCK:
+            raise ValueError(
+                f"q4_1 blocks hold {Q4_1_BLOCK} values, got group size {self.group_size} "
+                "(the group size is int4's)"
+            )
 
     def __str__(self) -> str:
-        return self.mode if self.mode == "int8" else f"int4 (group {self.group_size})"
+        return f"int4 (group {self.group_size})" if self.mode == "int4" else self.mode
 
 
 # ---------------------------------------------------------------- the number formats
@@ -88,6 +100,78 @@ def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int
     scale, zero = scales_zeros.float().transpose(0, 1).unbind(-1)  # (N, K / G) each
     g = (q.reshape(N, K // group_size, group_size).float() - 8) * scale[..., None]
     return (g + zero[..., None]).reshape(N, K)
+
+
+Q4_1_BLOCK = 32  # values per Q4_1 block (llama.cpp's QK4_1)
+Q4_1_CHUNK_BYTES = (
+    80  # the kernel's chunk: 4 channels x 16 bytes of codes, 4 fp16 scales, 4 minimums
+)
+
+
+def quantize_q4_1(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """llama.cpp's Q4_1 per block of 32 input columns: w (N, K) -> codes uint8 in [0, 15] (N, K),
+    scales d and minimums m fp16 (N, K / 32), w ~ q d + m with d = (max - min) / 15, m = min, both
+    rounded to fp16 before the codes are chosen (so that the codes fit the stored values)."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // Q4_1_BLOCK, Q4_1_BLOCK)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    d, m = ((hi - lo) / 15).half(), lo.half()
+    if not (torch.isfinite(d).all() and torch.isfinite(m).all()):
+        raise ValueError("q4_1: a block's range does not fit fp16 (|w| beyond 65504)")
+    step = d.float()[..., None]
+    q = torch.where(step > 0, (g - m.float()[..., None]) / step.clamp(min=1e-30), 0)
+    return q.round().clamp(0, 15).to(torch.uint8).reshape(n, k), d, m
+
+
+def pack_q4_1(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """`quantize_q4_1`'s codes, scales and minimums in the kernel's layout (cpu_linear.cpp):
+    (ceil(N / 4), K / 32, 80) uint8, the last block padded with zero channels."""
+    n, k = q.shape
+    pad = -n % TILE_ROWS
+    if pad:
+        q = torch.cat([q, q.new_zeros(pad, k)])
+        d, m = (torch.cat([t, t.new_zeros(pad, t.shape[1])]) for t in (d, m))
+    blocks, chunks = (n + pad) // TILE_ROWS, k // Q4_1_BLOCK
+    g = q.reshape(blocks, TILE_ROWS, chunks, Q4_1_BLOCK)
+    nibbles = g[..., :16] | g[..., 16:] << 4  # byte i: column i low, column i + 16 high
+    nibbles = nibbles.transpose(1, 2).reshape(blocks, chunks, TILE_ROWS * 16)
+
+    def halves(t):  # (N, chunks) fp16 -> (blocks, chunks, 8) bytes, channel after channel
+        t = t.reshape(blocks, TILE_ROWS, chunks).transpose(1, 2).contiguous()
+        return t.view(torch.uint8).reshape(blocks, chunks, 2 * TILE_ROWS)
+
+    return torch.cat([nibbles, halves(d), halves(m)], dim=-1).contiguous()
+
+
+def unpack_q4_1(packed: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pack_q4_1`'s inverse: codes (N, K), scales and minimums (N, K / 32)."""
+    blocks, chunks, _ = packed.shape
+    nib = packed[..., : TILE_ROWS * 16].reshape(blocks, chunks, TILE_ROWS, 16)
+    q = torch.cat([nib & 0x0F, nib >> 4], dim=-1).transpose(1, 2)
+    q = q.reshape(blocks * TILE_ROWS, chunks * Q4_1_BLOCK)[:n]
+
+    def halves(lo):
+        t = packed[..., lo : lo + 2 * TILE_ROWS].contiguous().view(torch.float16)
+        return t.transpose(1, 2).reshape(blocks * TILE_ROWS, chunks)[:n]
+
+    return q, halves(TILE_ROWS * 16), halves(TILE_ROWS * 18)
+
+
+def dequantize_q4_1(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    n, k = q.shape
+    g = q.reshape(n, k // Q4_1_BLOCK, Q4_1_BLOCK).float() * d.float()[..., None]
+    return (g + m.float()[..., None]).reshape(n, k)
+
+
+def quantize_activations_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the Q4_1 kernel does to each activation row, in PyTorch (for tests and reference):
+    x (M, K) fp32 -> codes (M, K) int8 = round(x / e), e = max |x| / 127 per block of 32, and the
+    blocks' scales e and sums of x, (M, K / 32) each."""
+    b = x.float().reshape(x.shape[0], -1, Q4_1_BLOCK)
+    e = b.abs().amax(dim=-1) / 127
+    inv = torch.where(e > 0, 1 / e, torch.zeros_like(e))
+    codes = torch.round(b * inv[..., None]).to(torch.int8).reshape(x.shape)
+    return codes, e, b.sum(dim=-1)
 
 
 # ---------------------------------------------------------------- the layers
@@ -180,6 +264,51 @@ class Int4Linear(nn.Module):
         return self._matmul(eye).float().T
 
 
+class Q4_1Linear(nn.Module):
+    """4-bit weights in llama.cpp's Q4_1 blocks, multiplied as llama.cpp does on the CPU: each
+    activation row rounded to 8 bits per 32 values, integer dot products per block, scaled in
+    fp32 (`quietstar_cpu::linear_q4_1`, the same arithmetic at any number of rows). CPU only,
+    on quietstar's kernels (`check_q4_1_kernel`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        check_q4_1_kernel(weight.device)
+        if self.in_features % Q4_1_BLOCK:
+            raise ValueError(
+                f"q4_1 needs input features in blocks of {Q4_1_BLOCK}; a layer has "
+                f"{self.in_features}"
+            )
+        self.padded = self.out_features % TILE_ROWS != 0
+        self.use_kernel = True
+        self.register_buffer("weight", pack_q4_1(*quantize_q4_1(weight)))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.ops.quietstar_cpu.linear_q4_1(flat, self.weight, self.bias, self.out_features)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_q4_1(*unpack_q4_1(self.weight, self.out_features))
+
+
+def check_q4_1_kernel(device: torch.device) -> None:
+    """Raise ValueError naming the device where quietstar's Q4_1 kernel does not run."""
+    from .kernels import capability, cpu_ops
+
+    if device.type != "cpu":
+        raise ValueError(
+            f"no q4_1 kernel for device {device}: it runs on the CPU only; use --quantize int8 "
+            "or int4 there"
+        )
+    if cpu_ops() is None:
+        raise ValueError(
+            f"q4_1 runs on quietstar's CPU kernels, which are not available here (CPU capability "
+            f"{capability()}; see the log for why); use --quantize int8 or int4"
+        )
+
+
 def _pack_int4(q: torch.Tensor) -> torch.Tensor:
     if q.device.type == "cpu":
         return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
@@ -219,8 +348,10 @@ def quantize_model(model, spec: QuantSpec) -> None:
         raise ValueError("quantise before fusing: this model's linears are already fused/packed")
     start = time.perf_counter()
     dtype = model.dtype
-    if spec.mode == "int4":
-        check_int4_kernel(model.device, dtype)  # refuse before changing anything
+    if spec.mode == "int4":  # refuse before changing anything
+        check_int4_kernel(model.device, dtype)
+    if spec.mode == "q4_1":
+        check_q4_1_kernel(model.device)
     for layer in backbone.layers:
         layer.self_attn.fuse()
         layer.mlp.fuse()
@@ -250,6 +381,8 @@ def _replace_linears(module: nn.Module, spec: QuantSpec, dtype: torch.dtype) -> 
             weight, bias = child.weight.detach(), child.bias
             if spec.mode == "int8" or name == "lm_head":
                 new = Int8Linear(weight, bias, dtype)
+            elif spec.mode == "q4_1":
+                new = Q4_1Linear(weight, bias, dtype)
             else:
                 new = Int4Linear(weight, bias, dtype, spec.group_size)
             setattr(module, name, new)
@@ -259,5 +392,8 @@ def _replace_linears(module: nn.Module, spec: QuantSpec, dtype: torch.dtype) -> 
     return count
 
 
-def quantized_linears(model) -> dict[str, Int8Linear | Int4Linear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
+QuantLinear = Int8Linear | Int4Linear | Q4_1Linear
+
+
+def quantized_linears(model) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}

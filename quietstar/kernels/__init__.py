@@ -61,7 +61,7 @@ def build_name(cap: str | None = None) -> str:
 
 @functools.cache
 def cpu_ops():
-    """torch.ops.quietstar_cpu (linear_bf16, linear_fp32, linear_int8, rms_norm, rope,
+    """torch.ops.quietstar_cpu (linear_bf16, linear_fp32, linear_int8, linear_q4_1, rms_norm, rope,
     decode_attention, decode_layers) built for this CPU, or None (logged once with the reason)
     when they are switched off or cannot be built."""
     if not cpu_kernels_enabled():
@@ -127,6 +127,9 @@ def _register_fakes() -> None:
         torch.library.register_fake(f"quietstar_cpu::{op}")(
             lambda x, w, bias, out_features=None: out(x, w, out_features)
         )
+    torch.library.register_fake("quietstar_cpu::linear_q4_1")(
+        lambda x, w, bias, out_features=None: out(x, w, out_features)
+    )
     torch.library.register_fake("quietstar_cpu::linear_int8")(
         lambda x, w, scales, bias: out(x, w, scales.shape[0])
     )

@@ -20,12 +20,14 @@ using quietstar_cpu::decode_attention;
 using quietstar_cpu::linear_bf16;
 using quietstar_cpu::linear_fp32;
 using quietstar_cpu::linear_int8;
+using quietstar_cpu::linear_q4_1;
 using quietstar_cpu::rms_norm;
 using quietstar_cpu::rope;
 
 // Each layer's entries in `weights`, in this order; a projection is its weight (bf16, fp32, int8
-// with one fp32 scale per output channel, or int4 codes in PyTorch's CPU packing), its scales
-// (int8: (N,) fp32; int4: scales and zeros (K / G, N, 2); None otherwise) and its bias (or None).
+// with one fp32 scale per output channel, int4 codes in PyTorch's CPU packing (2-D), or Q4_1
+// blocks in quietstar's layout (3-D; every row real)), its scales (int8: (N,) fp32; int4: scales
+// and zeros (K / G, N, 2); None otherwise) and its bias (or None).
 enum Entry {
   kInputNorm,
   kQkv,
@@ -48,6 +50,7 @@ at::Tensor project(const at::Tensor& x, const Weights& w, int64_t at) {
   const at::Tensor& weight = required(w, at);
   const c10::optional<at::Tensor>& bias = w[at + 2];
   if (weight.scalar_type() == at::kChar) return linear_int8(x, weight, required(w, at + 1), bias);
+  if (weight.scalar_type() == at::kByte && weight.dim() == 3) return linear_q4_1(x, weight, bias);
   if (weight.scalar_type() == at::kByte) {  // int4: PyTorch's kernel, as quietstar.quant's layer
     const at::Tensor& scales_zeros = required(w, at + 1);
     TORCH_CHECK(scales_zeros.dim() == 3 && x.size(1) % scales_zeros.size(0) == 0,
@@ -59,7 +62,7 @@ at::Tensor project(const at::Tensor& x, const Weights& w, int64_t at) {
   }
   if (weight.scalar_type() == at::kFloat) return linear_fp32(x, weight, bias);
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "decode_layers: projection ", at,
-              " has a ", c10::toString(weight.scalar_type()), " weight; bf16, fp32, int8 or int4 only");
+              " has a ", c10::toString(weight.scalar_type()), " weight; bf16, fp32, int8, int4 or q4_1 only");
   return linear_bf16(x, weight, bias);
 }
 

@@ -19,6 +19,12 @@ at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& weight,
 // The same with an int8 weight and one fp32 scale per output channel (N: the scales).
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias);
+// The same with a weight in the Q4_1 layout (quietstar.quant.pack_q4_1: 4-bit codes, fp16 scale
+// and minimum per 32 values), each row of x rounded to 8 bits per 32 values first (llama.cpp's
+// Q4_1 x Q8_1 arithmetic).
+at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias,
+                       c10::optional<int64_t> out_features = c10::nullopt);
 // HF's RMSNorm at inference.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // Rotate-half RoPE: x (B, T, H, D), cos/sin (B, T, D) -> contiguous (B, T, H, D).

@@ -251,8 +251,8 @@ class KernelDecoderLayers:
     `quietstar_cpu::decode_layers` call: the ops of `DecoderLayer` on the kernel path, in the
     same order and with the same roundings (bitwise equal results), without the Python between
     them (about 3 ms of a 14 ms step at one row for the default model). Built by `of` where
-    every layer runs on the kernels (bf16, fp32 or int8 weights on quietstar's, int4 ones on
-    PyTorch's; kernel norms); a step takes it when it has few enough rows for every linear's
+    every layer runs on the kernels (bf16, fp32, int8 or q4_1 weights on quietstar's, int4 ones
+    on PyTorch's; kernel norms); a step takes it when it has few enough rows for every linear's
     kernel (`max_rows`) and runs outside torch.compile."""
 
     # A projection's entries: weight, scales (int8, int4; None otherwise) and bias (or None).
@@ -273,8 +273,8 @@ class KernelDecoderLayers:
     def of(cls, backbone) -> KernelDecoderLayers | None:
         """For a backbone after `fuse_for_inference`, or None where some layer leaves the kernels
         (fp32 weights pre-packed for oneDNN, int4 output rows padded for PyTorch's packing, a
-        bf16 or fp32 tiled weight with a padded last block, no kernel build, CUDA)."""
-        from ..quant import Int4Linear, Int8Linear
+        bf16, fp32 or q4_1 tiled weight with a padded last block, no kernel build, CUDA)."""
+        from ..quant import Int4Linear, Int8Linear, Q4_1Linear
         from . import cpu_ops
 
         if cpu_ops() is None or not backbone.is_fused:
@@ -294,6 +294,8 @@ class KernelDecoderLayers:
                     max_rows = min(max_rows, linear.max_rows.get(dtype, 0))
                 elif isinstance(linear, Int4Linear) and linear.is_cpu and not linear.padded:
                     pass  # PyTorch's int4 kernel, at any number of rows
+                elif isinstance(linear, Q4_1Linear) and not linear.padded:
+                    pass  # quietstar's q4_1 kernel, at any number of rows
                 else:
                     return None
         if len(eps) != 1 or max_rows < 1:
@@ -314,8 +316,8 @@ class KernelDecoderLayers:
 
 
 def _projection(linear) -> list[torch.Tensor | None]:
-    """weight, scales, bias: bf16/fp32 (scales None), int8 (fp32 scales), int4 (packed codes,
-    scales and zeros)."""
+    """weight, scales, bias: bf16/fp32/q4_1 (scales None), int8 (fp32 scales), int4 (packed
+    codes, scales and zeros)."""
     from ..quant import Int4Linear
 
     if isinstance(linear, Int4Linear):

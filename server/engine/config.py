@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 # quietstar.dtypes.DTYPE_CHOICES, spelled out: the API process reads this config and must not
 # import torch (tests/quietstar/test_dtypes.py keeps these and quietstar's equal).
 DTYPE_CHOICES = ("auto", "bfloat16", "float32", "float16")
-QUANT_MODES = ("int8", "int4")  # quietstar.quant's, spelled out for the same reason
+QUANT_MODES = ("int8", "int4", "q4_1")  # quietstar.quant's, spelled out for the same reason
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 CUDA_GRAPHS = ("auto", "on", "off")
 COMPILE = ("off", "on")
@@ -45,10 +45,12 @@ class EngineConfig:
     quantize: str | None = field(
         default=None,
         metadata={
-            "help": "weight-only quantisation of the backbone linears, done once at load: int8 "
-            "(per output channel) or int4 (grouped; refused on devices without a PyTorch int4 "
-            "kernel); activations stay in --dtype, the mixing head and meta vectors in fp32 "
-            "(default: none)",
+            "help": "quantisation of the backbone linears, done once at load: int8 (weight-only, "
+            "per output channel), int4 (weight-only, grouped; refused on devices without a "
+            "PyTorch int4 kernel) or q4_1 (llama.cpp's Q4_1 blocks, the default model's GGUF "
+            "format, with activations rounded to 8 bits per 32 values as llama.cpp does; CPU "
+            "only, the fastest at batch 1 there); the LM head is int8, the mixing head and meta "
+            "vectors stay fp32 (default: none)",
             "choices": QUANT_MODES,
         },
     )
@@ -121,6 +123,11 @@ class EngineConfig:
         if self.quantize == "int4" and self.quantize_group_size not in INT4_GROUP_SIZES:
             raise ValueError(
                 f"int4 group size must be one of {INT4_GROUP_SIZES}, got {self.quantize_group_size}"
+            )
+        if self.quantize == "q4_1" and self.quantize_group_size != 32:
+            raise ValueError(
+                f"q4_1 blocks hold 32 values, got group size {self.quantize_group_size} "
+                "(the group size is int4's)"
             )
         for name in ("max_model_len", "max_num_seqs", "max_num_thoughts"):
             if getattr(self, name) < 1:

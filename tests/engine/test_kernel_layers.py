@@ -1,7 +1,7 @@
 """Every decoder layer of a decode step in one `quietstar_cpu::decode_layers` call computes,
 bitwise, what the layer-by-layer kernel path computes: for base, thought and padding rows, bf16,
-fp32, int8 and int4 weights, q/k/v biases; it is taken only where every layer runs on the kernels and the
-step has few enough rows, and it names bad input."""
+fp32, int8, int4 and q4_1 weights, q/k/v biases; it is taken only where every layer runs on the
+kernels and the step has few enough rows, and it names bad input."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
     reason="quietstar's linear kernels are not built or not used on this CPU",
 )
 
-# (family, dtype, quantize): bf16, int8 and int4 (each under fp32 and bf16 activations) and fp32
+# (family, dtype, quantize): bf16, int8, int4 and q4_1 (each under fp32 and bf16 activations) and fp32
 # weights; qwen2 has q/k/v biases and a tied LM head
 CASES = [
     ("llama", torch.bfloat16, None),
@@ -28,6 +28,8 @@ CASES = [
     ("llama", torch.bfloat16, "int8"),
     ("qwen2", torch.float32, "int4"),
     ("llama", torch.bfloat16, "int4"),
+    ("qwen2", torch.float32, "q4_1"),
+    ("llama", torch.bfloat16, "q4_1"),
     ("llama", torch.float32, None),
 ]
 
@@ -151,7 +153,7 @@ def test_bad_input_is_named():
         op(x, cos, cos, missing, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
     wrong = list(layers.weights)
     wrong[1] = wrong[1].double()
-    with pytest.raises(RuntimeError, match="bf16, fp32, int8 or int4 only"):
+    with pytest.raises(RuntimeError, match="bf16, fp32, int8, int4 or q4_1 only"):
         op(x, cos, cos, wrong, k, k.clone(), None, None, info, 4, 1e-5, 0.25)
     int4 = quietstar.load(tiny_dir("llama"), dtype=torch.bfloat16, quantize="int4")
     weights = list(KernelDecoderLayers.of(int4.backbone).weights)

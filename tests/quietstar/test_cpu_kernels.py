@@ -592,3 +592,91 @@ def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(tmp_path)
     _drop_stale_lock(fresh)  # another process may be building right now
     _drop_stale_lock(tmp_path / "absent")
     assert not stale.exists() and fresh.exists()
+
+
+# ---------------------------------------------------------------- Q4_1 weights, 8-bit activations
+
+
+def _q4_1_reference(x, q, d, m, bias=None):
+    """llama.cpp's Q4_1 x Q8_1 product in float64, from quietstar.quant's formats: the rows'
+    8-bit codes as `quantize_activations_q8` makes them, exact integer dot products per block."""
+    from quietstar.quant import quantize_activations_q8
+
+    codes, e, s = quantize_activations_q8(x.float())
+    rows, n = x.shape[0], q.shape[0]
+    dots = torch.einsum(
+        "mcb,ncb->mnc", codes.reshape(rows, -1, 32).double(), q.reshape(n, -1, 32).double()
+    )
+    out = (dots * d.double()[None] * e.double()[:, None]).sum(-1)
+    out = out + (s.double()[:, None] * m.double()[None]).sum(-1)
+    return out if bias is None else out + bias.double()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("N,K", [(44, 576), (41, 96), (6, 1536)])
+def test_q4_1_linear_matches_the_integer_reference(ops, rows, act, N, K):
+    from quietstar.quant import pack_q4_1, quantize_q4_1
+
+    g = torch.Generator().manual_seed(rows + N + K)
+    w, bias = torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g)
+    x = torch.randn(rows, K, generator=g).to(act)
+    q, d, m = quantize_q4_1(w)
+    packed = pack_q4_1(q, d, m)
+    for b in (None, bias):
+        out = ops.linear_q4_1(x, packed, b, N)
+        assert out.shape == (rows, N) and out.dtype == act
+        want = _q4_1_reference(x, q, d, m, b)
+        tol = (1e-5 if act == torch.float32 else 1e-2) * want.abs().max().item()
+        assert (out.double() - want).abs().max().item() <= tol
+    # each row alone gives the same bits as in the batch
+    together = ops.linear_q4_1(x, packed, bias, N)
+    for i in range(rows):
+        assert torch.equal(ops.linear_q4_1(x[i : i + 1], packed, bias, N)[0], together[i])
+
+
+def test_q4_1_packing_round_trips_and_keeps_the_kernel_s_layout():
+    from quietstar.quant import pack_q4_1, quantize_q4_1, unpack_q4_1
+
+    w = torch.randn(10, 64, generator=torch.Generator().manual_seed(0))
+    q, d, m = quantize_q4_1(w)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and d.dtype == torch.float16
+    packed = pack_q4_1(q, d, m)
+    assert packed.shape == (3, 2, 80)  # 10 channels -> 3 blocks (2 padding), 64 columns -> 2
+    # block 0, chunk 1, channel 2: byte i holds column 32 + i low and 48 + i high
+    nib = packed[0, 1, 32:48]
+    assert torch.equal(nib & 0x0F, q[2, 32:48]) and torch.equal(nib >> 4, q[2, 48:64])
+    assert torch.equal(packed[0, 1, 64:72].view(torch.float16), d[0:4, 1])
+    padding = torch.cat([packed[2, :, 32:64], packed[2, :, 68:72], packed[2, :, 76:80]], dim=-1)
+    assert not padding.any()  # channels 10 and 11: no codes, scales or minimums
+    assert all(torch.equal(a, b) for a, b in zip(unpack_q4_1(packed, 10), (q, d, m)))
+
+
+def test_q4_1_results_do_not_depend_on_the_thread_count(ops):
+    from quietstar.quant import pack_q4_1, quantize_q4_1
+
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(1026, 576, generator=g), torch.randn(3, 576, generator=g)
+    packed = pack_q4_1(*quantize_q4_1(w))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = ops.linear_q4_1(x, packed, None, 1026)
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            assert torch.equal(ops.linear_q4_1(x, packed, None, 1026), alone), threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_q4_1_bad_input_is_named(ops):
+    from quietstar.quant import pack_q4_1, quantize_q4_1
+
+    packed = pack_q4_1(*quantize_q4_1(torch.randn(8, 64)))
+    x = torch.randn(1, 64)
+    with pytest.raises(RuntimeError, match="linear_q4_1 needs a contiguous CPU uint8 weight"):
+        ops.linear_q4_1(x, packed[..., :64], None, 8)
+    with pytest.raises(RuntimeError, match="linear_q4_1: 4 output channels do not fit"):
+        ops.linear_q4_1(x, packed, None, 4)
+    with pytest.raises(RuntimeError, match="activation has 32 features, the weight 64"):
+        ops.linear_q4_1(torch.randn(1, 32), packed, None, 8)
