@@ -3,7 +3,7 @@
 Times every linear of the default model's shapes (SmolLM2-135M: 30 layers of fused q/k/v, o,
 fused gate/up and down, plus the LM head) at a few rows, for each way the engine can run them:
 PyTorch's (oneDNN pre-packed or plain bf16, `aten._weight_int8pack_mm`, the int4 kernel) and
-quietstar's own CPU kernels (`quietstar.kernels`). By default each call reads a different
+quietstar's own CPU kernels (`quietstar.kernels`: bf16, fp32, int8 and q4_1 weights). By default each call reads a different
 layer's weights, as a decode step does, so weights come from DRAM, not from cache; `--hot` times
 one layer of each shape again and again instead (weights cached: the kernels' compute, not the
 memory traffic). Minimum over repeats (the least disturbed run on a shared machine), in ms per
@@ -24,7 +24,7 @@ from quietstar.dtypes import cpu_flags
 from quietstar.kernels import capability, cpu_ops
 from quietstar.kernels.modules import tiled_or_plain, widened_int8
 from quietstar.packed import PackedLinear
-from quietstar.quant import Int4Linear, Int8Linear, quantize_int8
+from quietstar.quant import Int4Linear, Int8Linear, Q4_1Linear, quantize_int8
 
 SHAPES = {  # name: (out_features, in_features) of SmolLM2-135M's fused layers
     "qkv": (960, 576),
@@ -85,6 +85,7 @@ def variants(weight: torch.Tensor) -> dict[str, tuple[str, object]]:
             "bf16",
             lambda x: ops.linear_int8(x, q, scales32, None),
         )
+        out["q4_1 (quietstar), fp32 act."] = ("fp32", Q4_1Linear(weight, None, torch.float32))
     return out
 
 

@@ -356,8 +356,9 @@ void quantize_row_q8(const float* x, int64_t K, int8_t* codes, float* coef) {
       s += xb[i];
     }
     const float e = amax / 127.0f, inv = e > 0.0f ? 1.0f / e : 0.0f;
-    for (int i = 0; i < kChunk; ++i)
-      codes[c * kChunk + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+    for (int i = 0; i < kChunk; ++i)  // the clamp keeps a NaN's code defined (its sum stays NaN)
+      codes[c * kChunk + i] =
+          static_cast<int8_t>(std::nearbyint(std::min(127.0f, std::max(-127.0f, xb[i] * inv))));
     for (int i = 0; i < 4; ++i) {
       coef[c * 8 + i] = e;
       coef[c * 8 + 4 + i] = s;

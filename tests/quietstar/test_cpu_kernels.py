@@ -669,6 +669,17 @@ def test_q4_1_results_do_not_depend_on_the_thread_count(ops):
         torch.set_num_threads(before)
 
 
+def test_q4_1_a_nan_activation_gives_nan_outputs_for_its_row_only(ops):
+    from quietstar.quant import pack_q4_1, quantize_q4_1
+
+    packed = pack_q4_1(*quantize_q4_1(torch.randn(8, 64)))
+    x = torch.randn(2, 64)
+    clean = ops.linear_q4_1(x, packed, None, 8)
+    x[0, 5] = float("nan")
+    out = ops.linear_q4_1(x, packed, None, 8)
+    assert out[0].isnan().all() and torch.equal(out[1], clean[1])
+
+
 def test_q4_1_bad_input_is_named(ops):
     from quietstar.quant import pack_q4_1, quantize_q4_1
 
