@@ -7,14 +7,14 @@ matmuls run quietstar's CPU kernel where it builds (`quietstar.kernels`: it stre
 stored tiled, faster than PyTorch's at a few rows, and takes fp32 activations without a scalar
 path), else PyTorch's `aten._weight_int8pack_mm`; int4 ones run PyTorch's tinygemm-layout
 kernels (`aten._weight_int4pack_mm[_for_cpu]`, the ones gpt-fast and torchao call). q4_1 is the
-format the default model ships in (its GGUF's blocks are reproduced code for code) and runs
+format the default model ships in (its GGUF's blocks are reproduced bit for bit) and runs
 llama.cpp's arithmetic on quietstar's CPU kernel (`Q4_1Linear`): each activation row is rounded to
 8 bits per 32 values, so its results differ from the weights' exact product, unlike the
 weight-only modes; in exchange a weight reads 0.625 bytes and a block's products are integer dot
-products, the fastest batch-1 decode on CPUs (benchmarks/RESULTS.md). The mixing
+products, the fastest of the modes measured on an AVX2 CPU (benchmarks/RESULTS.md). The mixing
 head and the start/end vectors stay fp32 (they are tiny and feed the mixing weight w directly);
 the embedding table stays in the compute dtype (a lookup reads one row). The LM head is int8 in
-both modes: an int4 head cost the default model 0.035 nats of held-out NLL for 6 % of batch-1
+every mode: an int4 head cost the default model 0.035 nats of held-out NLL for 6 % of batch-1
 speed (benchmarks/RESULTS.md), and the GGUF it ships as keeps it at 8 bits too.
 A quantised model is inference-only: its projections are fused and it has no weight parameters.
 """

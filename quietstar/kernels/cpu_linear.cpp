@@ -240,6 +240,26 @@ inline const T* block_row(const T* w, int64_t n0, int j, int64_t N, int64_t K) {
   return L::row(w, std::min<int64_t>(n0 + j, N - 1), K);
 }
 
+// y (..., N) in x's dtype, for x's M rows: run_blocks(block) with the bias (checked) added.
+template <typename Block>
+at::Tensor linear_out(const at::Tensor& x, int64_t M, int64_t N,
+                      const c10::optional<at::Tensor>& bias, Block block) {
+  c10::optional<Floats> bf;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
+    bf.emplace(*bias);
+  }
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  at::Tensor y = at::empty(shape, x.options());
+  const float* bp = bf ? bf->data : nullptr;
+  if (x.scalar_type() == at::kFloat)
+    run_blocks(y.data_ptr<float>(), M, N, bp, block);
+  else
+    run_blocks(y.data_ptr<at::BFloat16>(), M, N, bp, block);
+  return y;
+}
+
 // x (..., K) @ W^T (* scales) (+ bias) -> (..., N) in x's dtype, for a weight of N rows of K in
 // layout L.
 template <typename L, typename T>
@@ -258,14 +278,6 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
   c10::optional<Floats> xf;
   if (!bf16_dots) xf.emplace(xc);
   const float* xp = bf16_dots ? nullptr : xf->data;
-  c10::optional<Floats> bf;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
-    bf.emplace(*bias);
-  }
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  at::Tensor y = at::empty(shape, x.options());
   auto block = [&](int64_t n0, float* sums) {
     const T* rows[kBlockN];
     for (int j = 0; j < kBlockN; ++j) rows[j] = block_row<L>(wp, n0, j, N, K);
@@ -292,12 +304,7 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
         for (int j = 0; j < kBlockN; ++j)
           sums[m * kBlockN + j] *= scales[std::min<int64_t>(n0 + j, N - 1)];
   };
-  const float* bp = bf ? bf->data : nullptr;
-  if (x.scalar_type() == at::kFloat)
-    run_blocks(y.data_ptr<float>(), M, N, bp, block);
-  else
-    run_blocks(y.data_ptr<at::BFloat16>(), M, N, bp, block);
-  return y;
+  return linear_out(x, M, N, bias, block);
 }
 
 // The rows weight `w` (checked by check_weight) stores, padding included, and its K.
@@ -454,41 +461,25 @@ at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& w,
               "linear_q4_1 needs a contiguous CPU uint8 weight (ceil(N / ", kBlockN, "), K / ",
               kChunk, ", ", kQ4Bytes, "), got ", c10::toString(w.scalar_type()), " of shape ",
               w.sizes());
-  const int64_t chunks = w.size(1), K = chunks * kChunk, rows = w.size(0) * kBlockN;
-  const int64_t N = n.value_or(rows);
-  TORCH_CHECK(N > rows - kBlockN && N <= rows, "linear_q4_1: ", N,
-              " output channels do not fit a weight of shape ", w.sizes());
+  const int64_t chunks = w.size(1), K = chunks * kChunk;
+  const int64_t N = out_features(w, n, "linear_q4_1");
   check_activation(x, K);
   const int64_t M = x.numel() / K;
   const Floats xf(x.contiguous());
-  c10::optional<Floats> bf;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
-    bf.emplace(*bias);
-  }
   std::vector<int8_t> codes(M * K);
   std::vector<float> coef(M * chunks * 8);
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m)
       quantize_row_q8(xf.data + m * K, K, codes.data() + m * K, coef.data() + m * chunks * 8);
   });
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  at::Tensor y = at::empty(shape, x.options());
   const uint8_t* wp = w.data_ptr<uint8_t>();
-  auto block = [&](int64_t n0, float* sums) {
+  return linear_out(x, M, N, bias, [&](int64_t n0, float* sums) {
     const uint8_t* blk = wp + (n0 / kBlockN) * chunks * kQ4Bytes;
     for_row_tiles(M, [&](auto mb, int64_t m0) {
       q4_tile<decltype(mb)::value>(blk, codes.data() + m0 * K, coef.data() + m0 * chunks * 8,
                                    chunks, sums + m0 * kBlockN);
     });
-  };
-  const float* bp = bf ? bf->data : nullptr;
-  if (x.scalar_type() == at::kFloat)
-    run_blocks(y.data_ptr<float>(), M, N, bp, block);
-  else
-    run_blocks(y.data_ptr<at::BFloat16>(), M, N, bp, block);
-  return y;
+  });
 }
 
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,

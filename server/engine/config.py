@@ -49,7 +49,7 @@ class EngineConfig:
             "per output channel), int4 (weight-only, grouped; refused on devices without a "
             "PyTorch int4 kernel) or q4_1 (llama.cpp's Q4_1 blocks, the default model's GGUF "
             "format, with activations rounded to 8 bits per 32 values as llama.cpp does; CPU "
-            "only, the fastest at batch 1 there); the LM head is int8, the mixing head and meta "
+            "only, the fastest measured there); the LM head is int8, the mixing head and meta "
             "vectors stay fp32 (default: none)",
             "choices": QUANT_MODES,
         },
