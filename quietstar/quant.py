@@ -372,6 +372,12 @@ def quantize_model(model, spec: QuantSpec) -> None:
     backbone.is_fused = True
     model.quantization = spec
     log.info("quantised %d linears to %s in %.1f s", count, spec, time.perf_counter() - start)
+    if spec.mode == "int4" and model.device.type == "cpu" and spec.group_size == Q4_1_BLOCK:
+        log.info(
+            "int4 runs PyTorch's kernel on the CPU; --quantize q4_1 stores the same 4-bit codes "
+            "and decodes faster on quietstar's kernel, with activations rounded to 8 bits "
+            "(benchmarks/RESULTS.md)"
+        )
 
 
 def _replace_linears(module: nn.Module, spec: QuantSpec, dtype: torch.dtype) -> int:
