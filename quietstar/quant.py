@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 QUANT_MODES = ("int8", "int4", "q4_1")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what both int4 kernels accept
+Q4_1_BLOCK = 32  # values per Q4_1 block (llama.cpp's QK4_1)
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,6 @@ def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int
     scale, zero = scales_zeros.float().transpose(0, 1).unbind(-1)  # (N, K / G) each
     g = (q.reshape(N, K // group_size, group_size).float() - 8) * scale[..., None]
     return (g + zero[..., None]).reshape(N, K)
-
-
-Q4_1_BLOCK = 32  # values per Q4_1 block (llama.cpp's QK4_1)
-Q4_1_CHUNK_BYTES = (
-    80  # the kernel's chunk: 4 channels x 16 bytes of codes, 4 fp16 scales, 4 minimums
-)
 
 
 def quantize_q4_1(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
