@@ -1,4 +1,5 @@
-// Linears for the few rows of a decode step on CPU, weights stored bf16 or int8.
+// Linears for the few rows of a decode step on CPU, weights stored bf16, fp32, int8 or in Q4_1
+// blocks (the last with 8-bit activations, at the end of this file's kernels).
 //
 // At one to a few rows a linear layer is bound by the bytes of its weight, and a decode step
 // reads every weight of the model once. These kernels stream each weight row once, widen it to
@@ -334,16 +335,15 @@ at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, int64_t N, const
   return linear_rows<RowMajor>(x, N, K, wp, scales, bias);
 }
 
-
 // ---------------------------------------------------------------- Q4_1 weights, 8-bit activations
 //
 // llama.cpp's Q4_1 x Q8_1 arithmetic on CPU. A weight row is blocks of 32 values, each stored as
 // 4-bit codes q in [0, 15] with an fp16 scale d and minimum m (w = q d + m); the activation row is
 // rounded per 32 values to int8 codes a with a scale e = max |x| / 127 (x ~ a e), and each output
 // is sum over blocks of d e (q . a) + m (sum of that block's x). The q . a products are exact
-// integer sums (vpmaddubsw, vpmaddwd), so a block of 32 takes a handful of instructions where the
-// fp32 path takes sixteen, and a weight reads 0.625 bytes: a decode step's linears run at the
-// memory's speed with room to spare.
+// integer sums (vpmaddubsw, vpmaddwd): a few instructions per 32 values, where widening each
+// weight to fp32 for an FMA takes three per 8, and a weight reads 0.625 bytes, so a decode step's
+// linears run at the memory's speed.
 //
 // The layout (quietstar.quant.pack_q4_1): blocks of kBlockN output channels, K / 32 chunks each,
 // a chunk kQ4Bytes bytes: for channel j, 16 bytes at 16 j whose byte i holds column i in its low
@@ -373,8 +373,6 @@ void quantize_row_q8(const float* x, int64_t K, int8_t* codes, float* coef) {
   }
 }
 
-inline float half_value(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
-
 #if defined(__AVX2__)
 // sums[i * kBlockN + j] for MB activation rows (codes, coefs) and the block of kBlockN channels
 // at `blk`, `chunks` = K / 32.
@@ -393,21 +391,28 @@ inline void q4_tile(const uint8_t* blk, const int8_t* codes, const float* coef, 
     prefetch(p + ahead + 64);
     const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
-    const __m256i lo01 = _mm256_and_si256(v01, low), hi01 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
-    const __m256i lo23 = _mm256_and_si256(v23, low), hi23 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
+    const __m256i lo01 = _mm256_and_si256(v01, low);
+    const __m256i hi01 = _mm256_and_si256(_mm256_srli_epi16(v01, 4), low);
+    const __m256i lo23 = _mm256_and_si256(v23, low);
+    const __m256i hi23 = _mm256_and_si256(_mm256_srli_epi16(v23, 4), low);
     const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 64)));
     for (int i = 0; i < MB; ++i) {
       const int8_t* a = codes + i * K + c * kChunk;
-      const __m256i a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
-      const __m256i a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16)));
+      const auto* a16 = reinterpret_cast<const __m128i*>(a);
+      const __m256i a_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(a16));
+      const __m256i a_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(a16 + 1));
       const __m256i s01 = _mm256_madd_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(lo01, a_lo), _mm256_maddubs_epi16(hi01, a_hi)), ones);
+          _mm256_add_epi16(_mm256_maddubs_epi16(lo01, a_lo), _mm256_maddubs_epi16(hi01, a_hi)),
+          ones);
       const __m256i s23 = _mm256_madd_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(lo23, a_lo), _mm256_maddubs_epi16(hi23, a_hi)), ones);
+          _mm256_add_epi16(_mm256_maddubs_epi16(lo23, a_lo), _mm256_maddubs_epi16(hi23, a_hi)),
+          ones);
       const __m256 k = _mm256_mul_ps(dm, _mm256_loadu_ps(coef + (i * chunks + c) * 8));
       accm[i] = _mm256_add_ps(accm[i], k);  // lanes 4..7: m_j s
-      acc01[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s01), _mm256_permutevar8x32_ps(k, pick01), acc01[i]);
-      acc23[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s23), _mm256_permutevar8x32_ps(k, pick23), acc23[i]);
+      acc01[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s01), _mm256_permutevar8x32_ps(k, pick01),
+                                 acc01[i]);
+      acc23[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s23), _mm256_permutevar8x32_ps(k, pick23),
+                                 acc23[i]);
     }
   }
   for (int i = 0; i < MB; ++i) {
@@ -423,6 +428,10 @@ inline void q4_tile(const uint8_t* blk, const int8_t* codes, const float* coef, 
   }
 }
 #else
+inline float half_value(uint16_t h) {
+  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
+}
+
 template <int MB>
 inline void q4_tile(const uint8_t* blk, const int8_t* codes, const float* coef, int64_t chunks,
                     float* sums) {
