@@ -30,16 +30,16 @@ NAMES = {
 
 
 def decode_q4_1(tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A GGUF Q4_1 tensor -> (codes (N, K) int64, values (N, K) fp32, fp16 d and m (N, K / 32, 2))."""
+    """A GGUF Q4_1 tensor -> (codes (N, K) int64, values (N, K) fp32, and each block's fp16 d
+    and m, (N, K / 32, 2))."""
     K, N = (int(x) for x in tensor.shape)
     raw = np.asarray(tensor.data).view(np.uint8).reshape(N * K // BLOCK, 20)
-    d = raw[:, 0:2].copy().view(np.float16).astype(np.float32)
-    m = raw[:, 2:4].copy().view(np.float16).astype(np.float32)
+    dm = raw[:, 0:4].copy().view(np.float16)  # (blocks, 2): d, m
     nibbles = raw[:, 4:]
     q = np.concatenate([nibbles & 15, nibbles >> 4], axis=1)  # element j then j + 16
-    values = q * d + m
-    dm = torch.from_numpy(raw[:, 0:4].copy().view(np.float16)).view(N, K // BLOCK, 2)
-    return torch.from_numpy(q.astype(np.int64)).view(N, K), torch.from_numpy(values).view(N, K), dm
+    values = q * dm[:, 0:1].astype(np.float32) + dm[:, 1:2].astype(np.float32)
+    codes = torch.from_numpy(q.astype(np.int64)).view(N, K)
+    return codes, torch.from_numpy(values).view(N, K), torch.from_numpy(dm).view(N, K // BLOCK, 2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@
 Times every linear of the default model's shapes (SmolLM2-135M: 30 layers of fused q/k/v, o,
 fused gate/up and down, plus the LM head) at a few rows, for each way the engine can run them:
 PyTorch's (oneDNN pre-packed or plain bf16, `aten._weight_int8pack_mm`, the int4 kernel) and
-quietstar's own CPU kernels (`quietstar.kernels`: bf16, fp32, int8 and q4_1 weights). By default each call reads a different
-layer's weights, as a decode step does, so weights come from DRAM, not from cache; `--hot` times
+quietstar's own CPU kernels (`quietstar.kernels`: bf16, fp32, int8 and q4_1 weights). By default
+each call reads a different layer's weights, as a decode step does, so weights come from DRAM,
+not from cache; `--hot` times
 one layer of each shape again and again instead (weights cached: the kernels' compute, not the
 memory traffic). Minimum over repeats (the least disturbed run on a shared machine), in ms per
 whole model (default) or µs per layer (--hot).

@@ -169,6 +169,21 @@ def quantize_activations_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return codes, e, b.sum(dim=-1)
 
 
+def linear_q4_1_reference(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor):
+    """The Q4_1 kernel's product in float64, for tests: x (M, K) with `quantize_q4_1`'s codes,
+    scales and minimums -> (M, N), the sum over blocks of d e (q . a) + m (the block's sum of x),
+    the dot products exact."""
+    codes, e, s = quantize_activations_q8(x)
+    rows, n = x.shape[0], q.shape[0]
+    dots = torch.einsum(
+        "mcb,ncb->mnc",
+        codes.reshape(rows, -1, Q4_1_BLOCK).double(),
+        q.reshape(n, -1, Q4_1_BLOCK).double(),
+    )
+    out = (dots * d.double()[None] * e.double()[:, None]).sum(-1)
+    return out + (s.double()[:, None] * m.double()[None]).sum(-1)
+
+
 # ---------------------------------------------------------------- the layers
 
 

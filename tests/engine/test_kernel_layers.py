@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(
     reason="quietstar's linear kernels are not built or not used on this CPU",
 )
 
-# (family, dtype, quantize): bf16, int8, int4 and q4_1 (each under fp32 and bf16 activations) and fp32
-# weights; qwen2 has q/k/v biases and a tied LM head
+# (family, dtype, quantize): bf16, int8, int4 and q4_1 (each under fp32 and bf16 activations) and
+# fp32 weights; qwen2 has q/k/v biases and a tied LM head
 CASES = [
     ("llama", torch.bfloat16, None),
     ("qwen2", torch.bfloat16, None),

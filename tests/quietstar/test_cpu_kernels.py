@@ -597,26 +597,11 @@ def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(tmp_path)
 # ---------------------------------------------------------------- Q4_1 weights, 8-bit activations
 
 
-def _q4_1_reference(x, q, d, m, bias=None):
-    """llama.cpp's Q4_1 x Q8_1 product in float64, from quietstar.quant's formats: the rows'
-    8-bit codes as `quantize_activations_q8` makes them, exact integer dot products per block."""
-    from quietstar.quant import quantize_activations_q8
-
-    codes, e, s = quantize_activations_q8(x.float())
-    rows, n = x.shape[0], q.shape[0]
-    dots = torch.einsum(
-        "mcb,ncb->mnc", codes.reshape(rows, -1, 32).double(), q.reshape(n, -1, 32).double()
-    )
-    out = (dots * d.double()[None] * e.double()[:, None]).sum(-1)
-    out = out + (s.double()[:, None] * m.double()[None]).sum(-1)
-    return out if bias is None else out + bias.double()
-
-
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("act", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("N,K", [(44, 576), (41, 96), (6, 1536)])
 def test_q4_1_linear_matches_the_integer_reference(ops, rows, act, N, K):
-    from quietstar.quant import pack_q4_1, quantize_q4_1
+    from quietstar.quant import linear_q4_1_reference, pack_q4_1, quantize_q4_1
 
     g = torch.Generator().manual_seed(rows + N + K)
     w, bias = torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g)
@@ -626,7 +611,8 @@ def test_q4_1_linear_matches_the_integer_reference(ops, rows, act, N, K):
     for b in (None, bias):
         out = ops.linear_q4_1(x, packed, b, N)
         assert out.shape == (rows, N) and out.dtype == act
-        want = _q4_1_reference(x, q, d, m, b)
+        want = linear_q4_1_reference(x, q, d, m)
+        want = want if b is None else want + b.double()
         tol = (1e-5 if act == torch.float32 else 1e-2) * want.abs().max().item()
         assert (out.double() - want).abs().max().item() <= tol
     # each row alone gives the same bits as in the batch

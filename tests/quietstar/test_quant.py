@@ -100,12 +100,7 @@ def test_output_rows_are_padded_for_the_int4_kernel():
 
 @pytest.mark.skipif(cpu_ops() is None, reason="quietstar's CPU kernels are not built")
 def test_q4_1_layer_with_padded_channels_and_a_bias():
-    from quietstar.quant import (
-        Q4_1Linear,
-        dequantize_q4_1,
-        quantize_activations_q8,
-        unpack_q4_1,
-    )
+    from quietstar.quant import Q4_1Linear, linear_q4_1_reference, unpack_q4_1
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 37)  # 37 channels: the last block of 4 holds 3 padding rows
@@ -113,14 +108,9 @@ def test_q4_1_layer_with_padded_channels_and_a_bias():
     x = torch.randn(2, 3, 64)
     out = layer(x)
     assert out.shape == (2, 3, 37)
-    # w = q d + m: the codes' part meets the activations as the kernel rounds them, the
-    # minimums' part the activations' exact block sums
-    codes, e, _ = quantize_activations_q8(x.reshape(-1, 64))
-    rounded = (codes.reshape(6, 2, 32).float() * e[..., None]).reshape(6, 64)
-    q, d, m = unpack_q4_1(layer.weight, 37)
-    steps = dequantize_q4_1(q, d, torch.zeros_like(m))
-    expected = rounded @ steps.T + x.reshape(6, 64) @ (layer.dequantized() - steps).T + linear.bias
-    assert torch.allclose(out.reshape(6, 37), expected.detach(), atol=1e-4)
+    expected = linear_q4_1_reference(x.reshape(6, 64), *unpack_q4_1(layer.weight, 37))
+    expected = expected + linear.bias.detach().double()
+    assert torch.allclose(out.reshape(6, 37).double(), expected, atol=1e-4)
     with pytest.raises(
         ValueError, match="q4_1 needs input features in blocks of 32; a layer has 48"
     ):
