@@ -34,8 +34,9 @@ struct Segment {
 
 // row[0..n) <- its softmax, in vector lanes (exp within 2 ulp, see cpu_vec.h); the order of
 // every sum depends on n only. A NaN score makes its exp, the denominator and so the whole row
-// NaN, whatever the maximum saw.
-inline void softmax_row(float* row, int64_t n) {
+// NaN, whatever the maximum saw. With `stats`, stats[0] and stats[1] get the row's maximum and
+// the denominator (the sum of exp(score - maximum)): what merging it with other keys' needs.
+inline void softmax_row(float* row, int64_t n, float* stats = nullptr) {
   if (n == 0) return;
   const int64_t body = n / kLanes * kLanes;
   float top = -std::numeric_limits<float>::infinity();
@@ -54,6 +55,7 @@ inline void softmax_row(float* row, int64_t n) {
   }
   float denom = sum(acc);
   for (int64_t j = body; j < n; ++j) denom += (row[j] = std::exp(row[j] - top));
+  if (stats) stats[0] = top, stats[1] = denom;
   const float inv = 1.0f / denom;
   const Reg invv = broadcast(inv);
   for (int64_t j = 0; j < body; j += kLanes) store(row + j, mul(load(row + j), invv));
@@ -68,7 +70,7 @@ inline void softmax_row(float* row, int64_t n) {
 // length only, so a row's scores never depend on the other rows.
 template <int GQ, typename T>
 void softmax_scores(const float* q, int64_t G_, int64_t D, float scale, const Segment<T>* segments,
-                    int num_segments, int64_t total, float* scores) {
+                    int num_segments, int64_t total, float* scores, float* stats) {
   const int64_t G = GQ ? GQ : G_;
   int64_t col = 0;
   for (int s = 0; s < num_segments; ++s) {
@@ -114,7 +116,7 @@ void softmax_scores(const float* q, int64_t G_, int64_t D, float scale, const Se
       }
     }
   }
-  for (int64_t g = 0; g < G; ++g) softmax_row(scores + g * total, total);
+  for (int64_t g = 0; g < G; ++g) softmax_row(scores + g * total, total, stats ? stats + 2 * g : nullptr);
 }
 
 // out (G, D) = probabilities (scores) applied to the values; with GQ > 0, each value chunk is
@@ -124,19 +126,34 @@ void weighted_values(const float* scores, int64_t G_, int64_t D, const Segment<T
                      int num_segments, int64_t total, float* out) {
   const int64_t G = GQ ? GQ : G_;
   if constexpr (GQ > 0) {
-    for (int64_t d = 0; d < D; d += kLanes) {
-      Reg o[GQ];
-      for (int g = 0; g < GQ; ++g) o[g] = zero();
+    // R registers of each value row per pass over the keys (GQ x R accumulators): one pass
+    // reads R * kLanes contiguous values of each row, where one register per pass walked every
+    // row D / kLanes times. Each output still sums its keys in order, one FMA at a time.
+    constexpr int NR = GQ <= 3 ? 4 : GQ <= 6 ? 2 : 1;
+    auto pass = [&](auto regs, int64_t d) {
+      constexpr int R = decltype(regs)::value;
+      Reg o[GQ][R];
+      for (int g = 0; g < GQ; ++g)
+        for (int r = 0; r < R; ++r) o[g][r] = zero();
       int64_t col = 0;
       for (int s = 0; s < num_segments; ++s) {
         const Segment<T>& seg = segments[s];
         for (int64_t j = 0; j < seg.length; ++j, ++col) {
-          const Reg vv = widen(seg.v + j * seg.v_step + d);
-          for (int g = 0; g < GQ; ++g) o[g] = fma(broadcast(scores[g * total + col]), vv, o[g]);
+          const T* value = seg.v + j * seg.v_step + d;
+          Reg p[GQ];
+          for (int g = 0; g < GQ; ++g) p[g] = broadcast(scores[g * total + col]);
+          for (int r = 0; r < R; ++r) {
+            const Reg vv = widen(value + r * kLanes);
+            for (int g = 0; g < GQ; ++g) o[g][r] = fma(p[g], vv, o[g][r]);
+          }
         }
       }
-      for (int g = 0; g < GQ; ++g) store(out + g * D + d, o[g]);
-    }
+      for (int g = 0; g < GQ; ++g)
+        for (int r = 0; r < R; ++r) store(out + g * D + d + r * kLanes, o[g][r]);
+    };
+    int64_t d = 0;
+    for (; d + NR * kLanes <= D; d += NR * kLanes) pass(std::integral_constant<int, NR>{}, d);
+    for (; d < D; d += kLanes) pass(std::integral_constant<int, 1>{}, d);
   } else {
     std::fill(out, out + G * D, 0.0f);
     int64_t col = 0;
@@ -164,7 +181,7 @@ void weighted_values(const float* scores, int64_t G_, int64_t D, const Segment<T
 template <int GQ>
 void attend_head_bf16(const uint16_t* q, int64_t G_, int64_t D, float scale,
                       const Segment<uint16_t>* segments, int num_segments, float* scores,
-                      uint16_t* probs, float* out) {
+                      uint16_t* probs, float* out, float* stats) {
   const int64_t G = GQ ? GQ : G_;
   int64_t total = 0;
   for (int s = 0; s < num_segments; ++s) total += segments[s].length;
@@ -198,7 +215,7 @@ void attend_head_bf16(const uint16_t* q, int64_t G_, int64_t D, float scale,
     col += seg.length;
   }
   for (int64_t g = 0; g < G; ++g) {
-    softmax_row(scores + g * total, total);
+    softmax_row(scores + g * total, total, stats ? stats + 2 * g : nullptr);
     int64_t j = 0;
     for (; j + 16 <= total; j += 16)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs + g * total + j),
@@ -252,20 +269,21 @@ constexpr bool kBf16Attention = true;
 #else
 template <int GQ>
 void attend_head_bf16(const uint16_t*, int64_t, int64_t, float, const Segment<uint16_t>*, int,
-                      float*, uint16_t*, float*) {}
+                      float*, uint16_t*, float*, float*) {}
 constexpr bool kBf16Attention = false;
 #endif
 
 // out[g] = softmax over every key of the segments of (q[g] . key) * scale, applied to the values;
-// q (G, D) fp32, out (G, D) fp32; scores is G * (total keys) scratch.
+// q (G, D) fp32, out (G, D) fp32; scores is G * (total keys) scratch; stats (or null) gets each
+// row's softmax maximum and denominator (softmax_row).
 template <typename T>
 void attend_head(const float* q, int64_t G, int64_t D, float scale, const Segment<T>* segments,
-                 int num_segments, float* scores, float* out) {
+                 int num_segments, float* scores, float* out, float* stats) {
   int64_t total = 0;
   for (int s = 0; s < num_segments; ++s) total += segments[s].length;
   auto run = [&](auto gq) {
     constexpr int GQ = decltype(gq)::value;
-    softmax_scores<GQ>(q, G, D, scale, segments, num_segments, total, scores);
+    softmax_scores<GQ>(q, G, D, scale, segments, num_segments, total, scores, stats);
     weighted_values<GQ>(scores, G, D, segments, num_segments, total, out);
   };
   switch (G) {
@@ -300,6 +318,57 @@ T* thought_row(const at::Tensor& c, int64_t slot, int64_t col, int64_t h, int64_
          h * c.stride(2) + pos * c.stride(3);
 }
 
+// Keys per attention task. A row's keys (its prefix, then its thought branch) are cut into
+// chunks of kKeyChunk, and each chunk of each key/value head is a task of its own: a decode
+// step's few rows then spread over every thread (one row has only as many tasks as key/value
+// heads otherwise: 3 for SmolLM2, and on 2 threads one thread read two heads' keys while the
+// other read one). Each chunk's softmax is merged with the others' by their maxima and
+// denominators. Where a row's keys are cut depends on their number only, so its result never
+// depends on the batch or the threads; a row of at most kKeyChunk keys is one task, computed
+// with no merge.
+constexpr int64_t kKeyChunk = 64;
+
+// out[0..) <- the part [begin, end) of the keys that `segments` hold one after the other; returns
+// how many segments that part spans.
+template <typename T>
+int cut_segments(const Segment<T>* segments, int num_segments, int64_t begin, int64_t end,
+                 Segment<T>* out) {
+  int n = 0;
+  int64_t start = 0;
+  for (int s = 0; s < num_segments; ++s) {
+    const Segment<T>& seg = segments[s];
+    const int64_t a = std::max(begin, start), b = std::min(end, start + seg.length);
+    if (a < b)
+      out[n++] = Segment<T>{seg.k + (a - start) * seg.k_step, seg.v + (a - start) * seg.v_step,
+                            seg.k_step, seg.v_step, b - a};
+    start += seg.length;
+  }
+  return n;
+}
+
+// out (G, D) from a head's `chunks` partial results, in chunk order: parts (chunks, G, D), each
+// normalised over its own keys, and stats (chunks, G, 2), each row's maximum and denominator.
+// A chunk weighs its denominator times exp(its maximum - the largest maximum).
+void merge_chunks(const float* parts, const float* stats, int64_t chunks, int64_t G, int64_t D,
+                  float* out) {
+  for (int64_t g = 0; g < G; ++g) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < chunks; ++c) top = std::max(top, stats[(c * G + g) * 2]);
+    float* o = out + g * D;
+    std::fill(o, o + D, 0.0f);
+    float total = 0.0f;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* st = stats + (c * G + g) * 2;
+      const float w = st[1] * std::exp(st[0] - top);
+      total += w;
+      const float* part = parts + (c * G + g) * D;
+      for (int64_t d = 0; d < D; ++d) o[d] += w * part[d];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  }
+}
+
 template <typename T>
 void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::Tensor& v_new,
                       const Caches& c, const int64_t* info, double scale, float* out) {
@@ -321,31 +390,60 @@ void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::T
   const float* qp = qf.scalar_type() == at::kFloat ? qf.data_ptr<float>() : nullptr;
   // bf16 queries (the bf16 dot-product path) or fp32 ones
   const auto* qb = qp ? nullptr : reinterpret_cast<const uint16_t*>(qf.data_ptr());
-  at::parallel_for(0, N * kvh, 1, [&](int64_t begin, int64_t end) {
+  auto keys_of = [&](int64_t i) {
+    const int64_t* r = info + i * kInfo;
+    return r[kPrefix] + (r[kColumn] >= 0 ? r[kThought] : 0);
+  };
+  // tasks: (row, head, chunk), a head's chunks one after the other; `first[p]` is head p's first
+  std::vector<int64_t> first(N * kvh + 1, 0);
+  for (int64_t p = 0; p < N * kvh; ++p) {
+    const int64_t keys = keys_of(p / kvh);
+    first[p + 1] = first[p] + (keys > kKeyChunk ? (keys + kKeyChunk - 1) / kKeyChunk : 1);
+  }
+  const int64_t tasks = first[N * kvh];
+  std::vector<int64_t> head_of(tasks);
+  for (int64_t p = 0; p < N * kvh; ++p)
+    std::fill(head_of.begin() + first[p], head_of.begin() + first[p + 1], p);
+  const bool cut = tasks > N * kvh;
+  std::vector<float> parts(cut ? tasks * G * D : 0), stats(cut ? tasks * G * 2 : 0);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<uint16_t> probs;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task / kvh, h = task % kvh;
+      const int64_t p = head_of[task], i = p / kvh, h = p % kvh;
       const int64_t* r = info + i * kInfo;
-      Segment<T> segments[2];
-      segments[0] = Segment<T>{prefix_row<T>(c.k, r[kSlot], h, 0), prefix_row<T>(c.v, r[kSlot], h, 0),
-                               c.k.stride(2), c.v.stride(2), r[kPrefix]};
-      int num_segments = 1;
+      Segment<T> whole[2];
+      whole[0] = Segment<T>{prefix_row<T>(c.k, r[kSlot], h, 0), prefix_row<T>(c.v, r[kSlot], h, 0),
+                            c.k.stride(2), c.v.stride(2), r[kPrefix]};
+      int num_whole = 1;
       if (r[kColumn] >= 0 && r[kThought] > 0) {
-        segments[1] = Segment<T>{thought_row<T>(c.tk, r[kSlot], r[kColumn], h, 0),
-                                 thought_row<T>(c.tv, r[kSlot], r[kColumn], h, 0),
-                                 c.tk.stride(3), c.tv.stride(3), r[kThought]};
-        num_segments = 2;
+        whole[1] = Segment<T>{thought_row<T>(c.tk, r[kSlot], r[kColumn], h, 0),
+                              thought_row<T>(c.tv, r[kSlot], r[kColumn], h, 0),
+                              c.tk.stride(3), c.tv.stride(3), r[kThought]};
+        num_whole = 2;
       }
-      const int64_t keys = r[kPrefix] + (num_segments > 1 ? r[kThought] : 0);
+      const int64_t chunks = first[p + 1] - first[p], chunk = task - first[p];
+      Segment<T> segments[2];
+      int num_segments = num_whole;
+      std::copy(whole, whole + num_whole, segments);
+      float* dest = out + p * G * D;
+      float* st = nullptr;
+      if (chunks > 1) {
+        num_segments = cut_segments(whole, num_whole, chunk * kKeyChunk,
+                                    std::min(keys_of(i), (chunk + 1) * kKeyChunk), segments);
+        dest = parts.data() + task * G * D;
+        st = stats.data() + task * G * 2;
+      }
+      int64_t keys = 0;
+      for (int s = 0; s < num_segments; ++s) keys += segments[s].length;
       scores.resize(G * std::max<int64_t>(keys, 1));
       if constexpr (std::is_same_v<T, uint16_t> && kBf16Attention) {
         if (qb) {
           probs.resize(G * std::max<int64_t>(keys, 1));
           auto run = [&](auto gq) {
-            attend_head_bf16<decltype(gq)::value>(qb + task * G * D, G, D, static_cast<float>(scale),
+            attend_head_bf16<decltype(gq)::value>(qb + p * G * D, G, D, static_cast<float>(scale),
                                                   segments, num_segments, scores.data(),
-                                                  probs.data(), out + task * G * D);
+                                                  probs.data(), dest, st);
           };
           switch (G) {
             case 1: run(std::integral_constant<int, 1>{}); break;
@@ -357,8 +455,19 @@ void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::T
           continue;
         }
       }
-      attend_head(qp + task * G * D, G, D, static_cast<float>(scale), segments, num_segments,
-                  scores.data(), out + task * G * D);
+      attend_head(qp + p * G * D, G, D, static_cast<float>(scale), segments, num_segments,
+                  scores.data(), dest, st);
+    }
+  });
+  if (!cut) return;
+  std::vector<int64_t> merged;  // the heads that were cut
+  for (int64_t p = 0; p < N * kvh; ++p)
+    if (first[p + 1] - first[p] > 1) merged.push_back(p);
+  at::parallel_for(0, static_cast<int64_t>(merged.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const int64_t p = merged[m];
+      merge_chunks(parts.data() + first[p] * G * D, stats.data() + first[p] * G * 2,
+                   first[p + 1] - first[p], G, D, out + p * G * D);
     }
   });
 }

@@ -469,6 +469,51 @@ def test_decode_attention_over_long_prefixes_and_a_nan_key(ops, dtype):
     assert out[2].isnan().all() and not out[:2].isnan().any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_decode_attention_cut_into_key_chunks_matches_float64_alone_or_batched(ops, dtype):
+    """Rows of more than 64 keys are attended in chunks of 64 (cut across the prefix and the
+    thought branch alike) and merged: each matches float64, and equals bit for bit its result
+    alone and on one thread (where a row is cut depends on its own keys only)."""
+    g = torch.Generator().manual_seed(9)
+    S, K, kvh, G, D, P, T = 5, 2, 3, 3, 64, 320, 12
+    k, v = (torch.randn(S, kvh, P, D, generator=g).to(dtype) for _ in range(2))
+    tk, tv = (torch.randn(S, K, kvh, T, D, generator=g).to(dtype) for _ in range(2))
+    # read slot, prefix length, thought column, thought length, writes thought, write slot, pos
+    info = torch.tensor(
+        [
+            [0, 64, -1, 0, 0, 0, 63],  # exactly one chunk: no merge
+            [1, 65, -1, 0, 0, 1, 64],  # 64 + 1
+            [2, 60, 1, 10, 1, 2, 9],  # the cut falls inside the thought branch: 60 + 4 | 6
+            [3, 130, 0, 3, 1, 3, 2],  # 64 | 64 | 2 + 3
+            [4, 300, -1, 0, 0, 4, 299],  # five chunks, the last of 44
+        ]
+    )
+    N = len(info)
+    q = torch.randn(N, kvh, G, D, generator=g).to(dtype)
+    k_new, v_new = (torch.randn(N, kvh, D, generator=g).to(dtype) for _ in range(2))
+    out = ops.decode_attention(q, k_new, v_new, k, v, tk, tv, info, D**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for i, (slot, plen, col, tlen, *_) in enumerate(info.tolist()):
+        keys, values = k[slot, :, :plen], v[slot, :, :plen]
+        if col >= 0:
+            keys = torch.cat((keys, tk[slot, col, :, :tlen]), dim=1)
+            values = torch.cat((values, tv[slot, col, :, :tlen]), dim=1)
+        p = torch.softmax(q[i].double() @ keys.double().transpose(-1, -2) * D**-0.5, dim=-1)
+        assert (out[i].double() - p @ values.double()).abs().max() < tol, i
+        alone = ops.decode_attention(
+            q[i : i + 1], k_new[i : i + 1], v_new[i : i + 1], k, v, tk, tv, info[i : i + 1],
+            D**-0.5,
+        )
+        assert torch.equal(alone[0], out[i]), i
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = ops.decode_attention(q, k_new, v_new, k, v, tk, tv, info, D**-0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, out)
+
+
 def test_decode_attention_refuses_rows_outside_the_cache(ops):
     k, v = torch.randn(2, 1, 8, 16), torch.randn(2, 1, 8, 16)
     q, new = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 16)
