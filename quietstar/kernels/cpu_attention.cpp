@@ -319,14 +319,15 @@ T* thought_row(const at::Tensor& c, int64_t slot, int64_t col, int64_t h, int64_
 }
 
 // Keys per attention task. A row's keys (its prefix, then its thought branch) are cut into
-// chunks of kKeyChunk, and each chunk of each key/value head is a task of its own: a decode
-// step's few rows then spread over every thread (one row has only as many tasks as key/value
-// heads otherwise: 3 for SmolLM2, and on 2 threads one thread read two heads' keys while the
-// other read one). Each chunk's softmax is merged with the others' by their maxima and
-// denominators. Where a row's keys are cut depends on their number only, so its result never
-// depends on the batch or the threads; a row of at most kKeyChunk keys is one task, computed
-// with no merge.
-constexpr int64_t kKeyChunk = 64;
+// chunks of kKeyChunk, and each chunk of each key/value head is a task of its own, merged with
+// the others by their softmax maxima and denominators. A step of one row over a long context then
+// spreads over every thread: SmolLM2 has 3 key/value heads, so on 2 threads one thread read two
+// heads' keys while the other read one (1000 keys, one row: 2.2-2.4 ms a step against 2.9-3.1
+// uncut, benchmarks/RESULTS.md). Shorter cuts bought nothing at 100-300 keys and cost a little at
+// 8 rows, which have tasks enough. Where a row's keys are cut depends on their number only, so
+// its result never depends on the batch or the threads; a row of at most kKeyChunk keys is one
+// task, computed with no merge.
+constexpr int64_t kKeyChunk = 256;
 
 // out[0..) <- the part [begin, end) of the keys that `segments` hold one after the other; returns
 // how many segments that part spans.

@@ -471,21 +471,21 @@ def test_decode_attention_over_long_prefixes_and_a_nan_key(ops, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_decode_attention_cut_into_key_chunks_matches_float64_alone_or_batched(ops, dtype):
-    """Rows of more than 64 keys are attended in chunks of 64 (cut across the prefix and the
+    """Rows of more than 256 keys are attended in chunks of 256 (cut across the prefix and the
     thought branch alike) and merged: each matches float64, and equals bit for bit its result
     alone and on one thread (where a row is cut depends on its own keys only)."""
     g = torch.Generator().manual_seed(9)
-    S, K, kvh, G, D, P, T = 5, 2, 3, 3, 64, 320, 12
+    S, K, kvh, G, D, P, T = 5, 2, 3, 3, 64, 800, 12
     k, v = (torch.randn(S, kvh, P, D, generator=g).to(dtype) for _ in range(2))
     tk, tv = (torch.randn(S, K, kvh, T, D, generator=g).to(dtype) for _ in range(2))
     # read slot, prefix length, thought column, thought length, writes thought, write slot, pos
     info = torch.tensor(
         [
-            [0, 64, -1, 0, 0, 0, 63],  # exactly one chunk: no merge
-            [1, 65, -1, 0, 0, 1, 64],  # 64 + 1
-            [2, 60, 1, 10, 1, 2, 9],  # the cut falls inside the thought branch: 60 + 4 | 6
-            [3, 130, 0, 3, 1, 3, 2],  # 64 | 64 | 2 + 3
-            [4, 300, -1, 0, 0, 4, 299],  # five chunks, the last of 44
+            [0, 256, -1, 0, 0, 0, 255],  # exactly one chunk: no merge
+            [1, 257, -1, 0, 0, 1, 256],  # 256 | 1
+            [2, 250, 1, 10, 1, 2, 9],  # the cut falls inside the thought branch: 250 + 6 | 4
+            [3, 514, 0, 3, 1, 3, 2],  # 256 | 256 | 2 + 3
+            [4, 800, -1, 0, 0, 4, 799],  # four chunks, the last of 32
         ]
     )
     N = len(info)
