@@ -149,7 +149,15 @@ class SelfAttention(nn.Module):
         return self.o_proj(out.reshape(B, T, -1))
 
 
+def silu_gate(gate_up: torch.Tensor) -> torch.Tensor:
+    """[gate, up] (..., 2m), as the fused gate/up projection gives them -> silu(gate) * up."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 class MLP(nn.Module):
+    gated = staticmethod(silu_gate)  # of the fused path; an engine model may take a kernel's
+
     def __init__(self, cfg):
         super().__init__()
         bias = getattr(cfg, "mlp_bias", False)
@@ -166,8 +174,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(self.gated(self.gate_up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -62,8 +62,8 @@ def build_name(cap: str | None = None) -> str:
 @functools.cache
 def cpu_ops():
     """torch.ops.quietstar_cpu (linear_bf16, linear_fp32, linear_int8, linear_q4_1, rms_norm, rope,
-    decode_attention, decode_layers) built for this CPU, or None (logged once with the reason)
-    when they are switched off or cannot be built."""
+    silu_mul, decode_attention, decode_layers) built for this CPU, or None (logged once with the
+    reason) when they are switched off or cannot be built."""
     if not cpu_kernels_enabled():
         log.info("quietstar CPU kernels off (QUIETSTAR_CPU_KERNELS=off): PyTorch's kernels only")
         return None
@@ -135,6 +135,9 @@ def _register_fakes() -> None:
     )
     torch.library.register_fake("quietstar_cpu::rms_norm")(lambda x, w, eps: torch.empty_like(x))
     torch.library.register_fake("quietstar_cpu::rope")(lambda x, cos, sin: x.new_empty(x.shape))
+    torch.library.register_fake("quietstar_cpu::silu_mul")(
+        lambda x: x.new_empty(*x.shape[:-1], x.shape[-1] // 2)
+    )
     torch.library.register_fake("quietstar_cpu::decode_attention")(
         lambda q, k_new, v_new, k, v, tk, tv, info, scale: torch.empty_like(q)
     )

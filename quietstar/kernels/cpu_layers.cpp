@@ -23,6 +23,7 @@ using quietstar_cpu::linear_int8;
 using quietstar_cpu::linear_q4_1;
 using quietstar_cpu::rms_norm;
 using quietstar_cpu::rope;
+using quietstar_cpu::silu_mul;
 
 // Each layer's entries in `weights`, in this order; a projection is its weight (bf16, fp32, int8
 // with one fp32 scale per output channel, int4 codes in PyTorch's CPU packing (2-D), or Q4_1
@@ -46,24 +47,31 @@ const at::Tensor& required(const Weights& w, int64_t i) {
   return *w[i];
 }
 
-at::Tensor project(const at::Tensor& x, const Weights& w, int64_t at) {
+// The projection at entry `at` of x, plus `residual` where given (residual + projection, as the
+// layer's `x + ...` rounds it).
+at::Tensor project(const at::Tensor& x, const Weights& w, int64_t at,
+                   const at::Tensor* residual = nullptr) {
   const at::Tensor& weight = required(w, at);
   const c10::optional<at::Tensor>& bias = w[at + 2];
-  if (weight.scalar_type() == at::kChar) return linear_int8(x, weight, required(w, at + 1), bias);
-  if (weight.scalar_type() == at::kByte && weight.dim() == 3) return linear_q4_1(x, weight, bias);
+  if (weight.scalar_type() == at::kChar)
+    return linear_int8(x, weight, required(w, at + 1), bias, residual);
+  if (weight.scalar_type() == at::kByte && weight.dim() == 3)
+    return linear_q4_1(x, weight, bias, c10::nullopt, residual);
   if (weight.scalar_type() == at::kByte) {  // int4: PyTorch's kernel, as quietstar.quant's layer
     const at::Tensor& scales_zeros = required(w, at + 1);
     TORCH_CHECK(scales_zeros.dim() == 3 && x.size(1) % scales_zeros.size(0) == 0,
                 "decode_layers: projection ", at, " has int4 scales of shape ",
                 scales_zeros.sizes(), " for ", x.size(1), " input features");
-    const at::Tensor y = at::_weight_int4pack_mm_for_cpu(
+    at::Tensor y = at::_weight_int4pack_mm_for_cpu(
         x, weight, x.size(1) / scales_zeros.size(0), scales_zeros);
-    return bias.has_value() && bias->defined() ? y + *bias : y;
+    if (bias.has_value() && bias->defined()) y = y + *bias;
+    return residual ? *residual + y : y;
   }
-  if (weight.scalar_type() == at::kFloat) return linear_fp32(x, weight, bias);
+  if (weight.scalar_type() == at::kFloat)
+    return linear_fp32(x, weight, bias, c10::nullopt, residual);
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "decode_layers: projection ", at,
               " has a ", c10::toString(weight.scalar_type()), " weight; bf16, fp32, int8, int4 or q4_1 only");
-  return linear_bf16(x, weight, bias);
+  return linear_bf16(x, weight, bias, c10::nullopt, residual);
 }
 
 // x (N, d): the step's rows after the embeddings; cos/sin (1, N, D); k/v (L, S, KVH, P, D) and,
@@ -96,11 +104,10 @@ at::Tensor decode_layers(const at::Tensor& x_in, const at::Tensor& cos, const at
         qkv.narrow(1, qk_width, kvh * D).view({N, kvh, D}), k[l], v[l],
         thoughts ? c10::optional<at::Tensor>((*tk)[l]) : c10::nullopt,
         thoughts ? c10::optional<at::Tensor>((*tv)[l]) : c10::nullopt, info, scale);
-    x = x + project(attended.view({N, heads * D}), w, at + kOut);
+    x = project(attended.view({N, heads * D}), w, at + kOut, &x);
     const at::Tensor gate_up =
         project(rms_norm(x, required(w, at + kPostNorm), eps), w, at + kGateUp);
-    const int64_t m = gate_up.size(1) / 2;
-    x = x + project(at::silu(gate_up.narrow(1, 0, m)) * gate_up.narrow(1, m, m), w, at + kDown);
+    x = project(silu_mul(gate_up), w, at + kDown, &x);
   }
   return x;
 }

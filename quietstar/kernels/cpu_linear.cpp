@@ -218,10 +218,12 @@ void check_weight(const at::Tensor& w, at::ScalarType dtype, const char* op) {
 }
 
 // Runs `block(n0, sums)` for each block of kBlockN output channels, in parallel over blocks,
-// and writes out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j], rounded to Out. When N is
-// not a multiple of kBlockN, the last block repeats row N - 1 (see `block_row`) and drops it.
+// and writes out[m, n0 + j] = sums[m * kBlockN + j] + bias[n0 + j], rounded to Out, then, with a
+// residual, residual[m, n0 + j] + that, rounded again (PyTorch's `residual + linear(x)`). When N
+// is not a multiple of kBlockN, the last block repeats row N - 1 (see `block_row`) and drops it.
 template <typename Out, typename Block>
-void run_blocks(Out* out, int64_t M, int64_t N, const float* bias, Block block) {
+void run_blocks(Out* out, int64_t M, int64_t N, const float* bias, const Out* residual,
+                Block block) {
   parallel_balanced((N + kBlockN - 1) / kBlockN, 8, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> sums(M * kBlockN);
     for (int64_t i = begin; i < end; ++i) {
@@ -229,8 +231,12 @@ void run_blocks(Out* out, int64_t M, int64_t N, const float* bias, Block block) 
       const int valid = static_cast<int>(std::min<int64_t>(kBlockN, N - n0));
       block(n0, sums.data());
       for (int64_t m = 0; m < M; ++m)
-        for (int j = 0; j < valid; ++j)
-          out[m * N + n0 + j] = static_cast<Out>(sums[m * kBlockN + j] + (bias ? bias[n0 + j] : 0.0f));
+        for (int j = 0; j < valid; ++j) {
+          const int64_t at = m * N + n0 + j;
+          out[at] = static_cast<Out>(sums[m * kBlockN + j] + (bias ? bias[n0 + j] : 0.0f));
+          if (residual)
+            out[at] = static_cast<Out>(static_cast<float>(residual[at]) + static_cast<float>(out[at]));
+        }
     }
   });
 }
@@ -241,10 +247,12 @@ inline const T* block_row(const T* w, int64_t n0, int j, int64_t N, int64_t K) {
   return L::row(w, std::min<int64_t>(n0 + j, N - 1), K);
 }
 
-// y (..., N) in x's dtype, for x's M rows: run_blocks(block) with the bias (checked) added.
+// y (..., N) in x's dtype, for x's M rows: run_blocks(block) with the bias (checked) added, and
+// the residual (checked: x's dtype, M x N values) where given.
 template <typename Block>
 at::Tensor linear_out(const at::Tensor& x, int64_t M, int64_t N,
-                      const c10::optional<at::Tensor>& bias, Block block) {
+                      const c10::optional<at::Tensor>& bias, const at::Tensor* residual,
+                      Block block) {
   c10::optional<Floats> bf;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->numel() == N, "bias has ", bias->numel(), " values for ", N, " outputs");
@@ -252,12 +260,20 @@ at::Tensor linear_out(const at::Tensor& x, int64_t M, int64_t N,
   }
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = N;
+  at::Tensor res;
+  if (residual) {
+    TORCH_CHECK(residual->scalar_type() == x.scalar_type() && residual->numel() == M * N,
+                "the residual must hold ", M, " x ", N, " values of ", c10::toString(x.scalar_type()),
+                ", got ", c10::toString(residual->scalar_type()), " ", residual->sizes());
+    res = residual->contiguous();
+  }
   at::Tensor y = at::empty(shape, x.options());
   const float* bp = bf ? bf->data : nullptr;
   if (x.scalar_type() == at::kFloat)
-    run_blocks(y.data_ptr<float>(), M, N, bp, block);
+    run_blocks(y.data_ptr<float>(), M, N, bp, residual ? res.data_ptr<float>() : nullptr, block);
   else
-    run_blocks(y.data_ptr<at::BFloat16>(), M, N, bp, block);
+    run_blocks(y.data_ptr<at::BFloat16>(), M, N, bp,
+               residual ? res.data_ptr<at::BFloat16>() : nullptr, block);
   return y;
 }
 
@@ -265,7 +281,7 @@ at::Tensor linear_out(const at::Tensor& x, int64_t M, int64_t N,
 // layout L.
 template <typename L, typename T>
 at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, const float* scales,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, const at::Tensor* residual) {
   check_activation(x, K);
   TORCH_CHECK(K % 16 == 0, "input features ", K, " not a multiple of 16");
   const int64_t M = x.numel() / K;
@@ -305,7 +321,7 @@ at::Tensor linear_rows(const at::Tensor& x, int64_t N, int64_t K, const T* wp, c
         for (int j = 0; j < kBlockN; ++j)
           sums[m * kBlockN + j] *= scales[std::min<int64_t>(n0 + j, N - 1)];
   };
-  return linear_out(x, M, N, bias, block);
+  return linear_out(x, M, N, bias, residual, block);
 }
 
 // The rows weight `w` (checked by check_weight) stores, padding included, and its K.
@@ -329,10 +345,11 @@ int64_t out_features(const at::Tensor& w, c10::optional<int64_t> given, const ch
 // whichever layout it has.
 template <typename T>
 at::Tensor linear_any(const at::Tensor& x, const at::Tensor& w, int64_t N, const T* wp,
-                      const float* scales, const c10::optional<at::Tensor>& bias) {
+                      const float* scales, const c10::optional<at::Tensor>& bias,
+                      const at::Tensor* residual) {
   const int64_t K = in_features(w);
-  if (w.dim() == 3) return linear_rows<Tiled>(x, N, K, wp, scales, bias);
-  return linear_rows<RowMajor>(x, N, K, wp, scales, bias);
+  if (w.dim() == 3) return linear_rows<Tiled>(x, N, K, wp, scales, bias, residual);
+  return linear_rows<RowMajor>(x, N, K, wp, scales, bias, residual);
 }
 
 // ---------------------------------------------------------------- Q4_1 weights, 8-bit activations
@@ -464,7 +481,8 @@ inline void q4_tile(const uint8_t* blk, const int8_t* codes, const float* coef, 
 namespace quietstar_cpu {
 
 at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& w,
-                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
+                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n,
+                       const at::Tensor* residual) {
   TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kByte && w.dim() == 3 &&
                   w.size(2) == kQ4Bytes && w.is_contiguous(),
               "linear_q4_1 needs a contiguous CPU uint8 weight (ceil(N / ", kBlockN, "), K / ",
@@ -482,7 +500,7 @@ at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& w,
       quantize_row_q8(xf.data + m * K, K, codes.data() + m * K, coef.data() + m * chunks * 8);
   });
   const uint8_t* wp = w.data_ptr<uint8_t>();
-  return linear_out(x, M, N, bias, [&](int64_t n0, float* sums) {
+  return linear_out(x, M, N, bias, residual, [&](int64_t n0, float* sums) {
     const uint8_t* blk = wp + (n0 / kBlockN) * chunks * kQ4Bytes;
     for_row_tiles(M, [&](auto mb, int64_t m0) {
       q4_tile<decltype(mb)::value>(blk, codes.data() + m0 * K, coef.data() + m0 * chunks * 8,
@@ -492,26 +510,29 @@ at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& w,
 }
 
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w,
-                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
+                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n,
+                       const at::Tensor* residual) {
   check_weight(w, at::kBFloat16, "linear_bf16");
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  return linear_any(x, w, out_features(w, n, "linear_bf16"), wp, nullptr, bias);
+  return linear_any(x, w, out_features(w, n, "linear_bf16"), wp, nullptr, bias, residual);
 }
 
 at::Tensor linear_fp32(const at::Tensor& x, const at::Tensor& w,
-                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
+                       const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n,
+                       const at::Tensor* residual) {
   check_weight(w, at::kFloat, "linear_fp32");
-  return linear_any(x, w, out_features(w, n, "linear_fp32"), w.data_ptr<float>(), nullptr, bias);
+  return linear_any(x, w, out_features(w, n, "linear_fp32"), w.data_ptr<float>(), nullptr, bias,
+                    residual);
 }
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, const at::Tensor* residual) {
   check_weight(q, at::kChar, "linear_int8");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1,
               "linear_int8 needs one contiguous fp32 scale per output channel");
   const int64_t N =
       out_features(q, scales.numel(), "linear_int8", "scales (one per output channel)");
-  return linear_any(x, q, N, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias);
+  return linear_any(x, q, N, q.data_ptr<int8_t>(), scales.data_ptr<float>(), bias, residual);
 }
 
 // bf16 <-> fp32 on bits, as c10::BFloat16 converts (round to nearest even; NaN -> 0x7FC0), in
@@ -667,6 +688,49 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   return y;
 }
 
+// SiLU-gated product: y[..., i] = silu(g[..., i]) * u[..., i] for x = [g, u] (..., 2m), with
+// PyTorch's roundings for x's dtype (silu computed in fp32 and rounded, then the product).
+// silu(v) = v / (1 + e^-v), e^-v in vector lanes (cpu_vec.h's exp).
+template <typename T>
+void silu_mul_rows(const T* x, T* y, int64_t rows, int64_t m) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> e(m);
+    for (int64_t r = begin; r < end; ++r) {
+      const T* g = x + r * 2 * m;
+      const T* u = g + m;
+      T* yr = y + r * m;
+      int64_t i = 0;
+      for (; i + kLanes <= m; i += kLanes) {
+        Reg v = widen(g + i);
+        store(e.data() + i, exp(mul(v, broadcast(-1.0f))));
+      }
+      for (; i < m; ++i) e[i] = std::exp(-stored(g, i));
+      for (i = 0; i < m; ++i) {
+        const float v = stored(g, i);
+        put(yr, i, rounded(v / (1.0f + e[i]), g) * stored(u, i));
+      }
+    }
+  });
+}
+
+at::Tensor silu_mul(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "silu_mul takes a CPU float32 or bfloat16 tensor");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) % 2 == 0, "silu_mul needs [gate, up] halves, got ",
+              x.sizes());
+  const at::Tensor xc = x.contiguous();
+  const int64_t m = x.size(-1) / 2, rows = m ? xc.numel() / (2 * m) : 0;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = m;
+  at::Tensor y = at::empty(shape, x.options());
+  if (x.scalar_type() == at::kFloat)
+    silu_mul_rows(xc.data_ptr<float>(), y.data_ptr<float>(), rows, m);
+  else
+    silu_mul_rows(reinterpret_cast<const uint16_t*>(xc.data_ptr<at::BFloat16>()),
+                  reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), rows, m);
+  return y;
+}
+
 }  // namespace quietstar_cpu
 
 using namespace quietstar_cpu;
@@ -679,13 +743,28 @@ TORCH_LIBRARY(quietstar_cpu, m) {
   m.def("widen_int8(Tensor weight, Tensor(a!) out) -> Tensor(a!)");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("silu_mul(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(quietstar_cpu, CPU, m) {
-  m.impl("linear_bf16", &linear_bf16);
-  m.impl("linear_fp32", &linear_fp32);
-  m.impl("linear_int8", &linear_int8);
-  m.impl("linear_q4_1", &linear_q4_1);
+  // the linears without a residual (decode_layers adds one in C++)
+  m.impl("linear_bf16", [](const at::Tensor& x, const at::Tensor& w,
+                           const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
+    return linear_bf16(x, w, bias, n);
+  });
+  m.impl("linear_fp32", [](const at::Tensor& x, const at::Tensor& w,
+                           const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
+    return linear_fp32(x, w, bias, n);
+  });
+  m.impl("linear_int8", [](const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales,
+                           const c10::optional<at::Tensor>& bias) {
+    return linear_int8(x, q, scales, bias);
+  });
+  m.impl("linear_q4_1", [](const at::Tensor& x, const at::Tensor& w,
+                           const c10::optional<at::Tensor>& bias, c10::optional<int64_t> n) {
+    return linear_q4_1(x, w, bias, n);
+  });
+  m.impl("silu_mul", &silu_mul);
   m.impl("widen_int8", &widen_int8);
   m.impl("rms_norm", &rms_norm);
   m.impl("rope", &rope);

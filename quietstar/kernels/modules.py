@@ -222,11 +222,27 @@ def kernel_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.ops.quietstar_cpu.rope(x, cos, sin)
 
 
+def kernel_silu_gate(gate_up: torch.Tensor) -> torch.Tensor:
+    """`quietstar.llama.silu_gate` through `quietstar_cpu::silu_mul` (one call and one pass
+    where eager PyTorch makes two views, two ops and an intermediate) on up to
+    SMALL_KERNEL_MAX_ROWS rows, outside torch.compile. Its exp is quietstar's (within 2 ulp of
+    expf, cpu_vec.h) where PyTorch's is Sleef's: the decode step's fused call uses the same op, so
+    the two paths stay bitwise equal."""
+    from ..llama import silu_gate
+
+    if _leave_to_pytorch(gate_up, gate_up.shape[-1] // 2) or gate_up.dtype not in (
+        torch.float32,
+        torch.bfloat16,
+    ):
+        return silu_gate(gate_up)
+    return torch.ops.quietstar_cpu.silu_mul(gate_up)
+
+
 def use_kernel_layers(module: nn.Module) -> int:
-    """On the CPU, with the kernels built: every RMSNorm below `module` becomes a KernelRMSNorm
-    and every attention rotates through `kernel_rope`, in place; returns how many modules
-    changed."""
-    from ..llama import RMSNorm, SelfAttention
+    """On the CPU, with the kernels built: every RMSNorm below `module` becomes a KernelRMSNorm,
+    every attention rotates through `kernel_rope` and every fused MLP gates through
+    `kernel_silu_gate`, in place; returns how many modules changed."""
+    from ..llama import MLP, RMSNorm, SelfAttention
     from . import cpu_ops
 
     if cpu_ops() is None:
@@ -241,6 +257,9 @@ def use_kernel_layers(module: nn.Module) -> int:
             continue
         if isinstance(child, SelfAttention):
             child.rope = kernel_rope
+            count += 1
+        if isinstance(child, MLP):
+            child.gated = kernel_silu_gate
             count += 1
         count += use_kernel_layers(child)
     return count

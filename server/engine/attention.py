@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,11 @@ class DecodeBatch:
     thought_len: torch.Tensor  # (num_slots,) thought length after this step's writes (0: none)
     all_base: bool = False  # every row is a base row, in row order (base_rows == arange(N))
     full_prefix: bool = False  # every slot's prefix is max_prefix long (no prefix mask needed)
+    # per row, on the host, what quietstar_cpu::decode_attention reads: the slot it reads (its
+    # place in the dense (slot, column) layout), that slot's prefix length, its thought column
+    # (-1: a base row) and thought length, whether it writes its thought branch (else the
+    # prefix), and the slot and position it writes (a padding row writes the scratch slot)
+    kernel_rows: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class DecodeAttention:
@@ -120,7 +125,8 @@ class DecodeAttention:
 
     @functools.cached_property
     def row_info(self) -> torch.Tensor:
-        return _row_info(self.b)
+        """(N, 7) int64: the batch's `kernel_rows`, for the CPU kernel."""
+        return torch.tensor(self.b.kernel_rows, dtype=torch.int64).view(-1, 7)
 
     def _write(self, layer: int, k, v) -> None:
         b, c = self.b, self.cache
@@ -249,32 +255,6 @@ class DecodeAttention:
         # length, i.e. on every step (benchmarks/RESULTS.md, "Decode attention").
         out = F.scaled_dot_product_attention(q.view(n, kvh, -1, D), keys, values, attn_mask=bias)
         return out.view(1, n, -1, D)  # (1, n, H, D)
-
-
-def _row_info(b: DecodeBatch) -> torch.Tensor:
-    """(N, 7) int64 per row, as quietstar_cpu::decode_attention reads it: the slot it reads (its
-    place in the dense (slot, column) layout), that slot's prefix length, its thought column (-1:
-    a base row) and thought length, whether it writes its thought branch (else the prefix), and
-    the slot and position it writes (a padding row writes the scratch slot)."""
-    N = len(b.base_rows) + len(b.thought_rows)
-    info = torch.empty(N, 7, dtype=torch.int64)
-    slot = b.dense_index // b.R
-    info[:, 0] = slot
-    info[:, 1] = b.prefix_len[slot]
-    info[:, 2] = -1
-    info[:, 3] = 0
-    info[:, 4] = 0
-    if len(b.base_rows):
-        info[b.base_rows, 5] = b.base_slots
-        info[b.base_rows, 6] = b.base_pos
-    if len(b.thought_rows):
-        rows = b.thought_rows
-        info[rows, 2] = b.thought_index
-        info[rows, 3] = b.thought_len[slot[rows]]
-        info[rows, 4] = 1
-        info[rows, 5] = b.thought_slots
-        info[rows, 6] = b.thought_steps
-    return info
 
 
 def cpu_kernel_fits(q: torch.Tensor) -> bool:

@@ -144,8 +144,35 @@ def prepare_decode(
         thought_len=torch.tensor(thought_len),
         all_base=len(base_rows) == len(rows),
         full_prefix=all(p == max_prefix for p in prefix_len),
+        kernel_rows=_kernel_rows(rows, dense_index, R, prefix_len, thought_len),
     )
     return DecodeInput(ids, positions, batch, real_rows, spans, lengths)
+
+
+def _kernel_rows(
+    rows: list[Row], dense_index: list[int], R: int, prefix_len: list[int], thought_len: list[int]
+) -> list[tuple[int, ...]]:
+    """Each row as quietstar_cpu::decode_attention reads it (`DecodeBatch.kernel_rows`), from the
+    host lists: a few plain tuples cost less than the dozen tensor ops that would index the
+    batch's tensors."""
+    table = []
+    for row, dense in zip(rows, dense_index, strict=True):
+        slot = dense // R
+        if row.column == 0:  # a base row: reads and appends to its slot's prefix
+            table.append((slot, prefix_len[slot], -1, 0, 0, row.slot, row.cache_index))
+        else:  # thought k = column - 1: reads the prefix and its branch, appends to the branch
+            table.append(
+                (
+                    slot,
+                    prefix_len[slot],
+                    row.column - 1,
+                    thought_len[slot],
+                    1,
+                    row.slot,
+                    row.cache_index,
+                )
+            )
+    return table
 
 
 def _pad(rows: list[Row], num_slots: int, R: int, scratch_slot: int) -> list[Row]:
@@ -237,9 +264,12 @@ class ModelRunner:
         return self._network(ids, positions, attention)
 
     def _network(self, ids: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
-        x = self.model.backbone.embed_tokens(ids.clamp(min=0))
-        for which in (START_THOUGHT, END_THOUGHT):
-            x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
+        if self.graphs is None and self.compiled is None:  # eager: a host check skips the meta
+            x = self.model.embed(ids)  # vectors on steps no row feeds one (most steps)
+        else:  # no host synchronisation: captured or traced, the same ops every step
+            x = self.model.backbone.embed_tokens(ids.clamp(min=0))
+            for which in (START_THOUGHT, END_THOUGHT):
+                x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
         backbone = self.model.backbone
         if self.kernel_layers is not None and self.kernel_layers.serves(x):
             cos, sin = backbone.rotary(positions[None], x.dtype)

@@ -501,7 +501,14 @@ def test_decode_attention_cut_into_key_chunks_matches_float64_alone_or_batched(o
         p = torch.softmax(q[i].double() @ keys.double().transpose(-1, -2) * D**-0.5, dim=-1)
         assert (out[i].double() - p @ values.double()).abs().max() < tol, i
         alone = ops.decode_attention(
-            q[i : i + 1], k_new[i : i + 1], v_new[i : i + 1], k, v, tk, tv, info[i : i + 1],
+            q[i : i + 1],
+            k_new[i : i + 1],
+            v_new[i : i + 1],
+            k,
+            v,
+            tk,
+            tv,
+            info[i : i + 1],
             D**-0.5,
         )
         assert torch.equal(alone[0], out[i]), i
@@ -580,6 +587,34 @@ def test_rope_kernel_matches_apply_rope_on_a_strided_view(ops, dtype):
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="cos/sin of x's dtype and shape"):
         ops.rope(x, cos[:, :1], sin[:, :1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_silu_mul_kernel_matches_pytorch_silu_times_up(ops, dtype):
+    """silu(gate) * up for [gate, up] halves of a strided view (the fused gate/up projection's
+    output), over vector blocks and a tail, with very large and small gates; within its exp's
+    2 ulp of PyTorch's (bf16: at most one rounding step apart); NaN stays in its own element."""
+    from quietstar.kernels.modules import kernel_silu_gate
+    from quietstar.llama import silu_gate
+
+    g = torch.Generator().manual_seed(14)
+    m = 3 * 16 + 5  # whole vector blocks and a tail
+    wide = torch.randn(4, 2 * m + 7, generator=g) * 6
+    wide[0, :4] = torch.tensor([100.0, -100.0, 0.0, -0.0])
+    x = wide[:, : 2 * m].to(dtype)  # rows of 2m values, 2m + 7 apart
+    got, want = kernel_silu_gate(x), silu_gate(x)
+    assert got.shape == (4, m) and got.dtype == dtype
+    if dtype == torch.float32:
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-30)
+    else:
+        assert torch.allclose(got.float(), want.float(), rtol=2**-7, atol=1e-30)
+    assert torch.equal(ops.silu_mul(x), got)
+    x = x.clone()
+    x[2, 3] = float("nan")
+    nan = ops.silu_mul(x)
+    assert nan[2, 3].isnan() and nan.isnan().sum() == 1
+    with pytest.raises(RuntimeError, match="silu_mul needs \\[gate, up\\] halves"):
+        ops.silu_mul(torch.randn(2, 7))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
