@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -69,16 +70,20 @@ print(json.dumps({
 
 def run_alternated(trees: list[str], probe: str, args: list, repeats: int) -> dict[str, list[dict]]:
     """`python -c probe args...` in each tree, alternated A B A B ... `repeats` times; each run's
-    last stdout line is its JSON result."""
+    last stdout line is its JSON result. Each tree gets its own QUIETSTAR_HOME (in its .cache/):
+    trees whose CPU kernels differ would otherwise rebuild the one shared build on every run, and
+    each converts its own copy of the model (once, outside the timings)."""
     runs: dict[str, list[dict]] = {tree: [] for tree in trees}
     for _ in range(repeats):
         for tree in trees:
+            home = Path(tree).resolve() / ".cache" / "compare-trees-home"
             out = subprocess.run(
                 [sys.executable, "-c", probe, *map(str, args)],
                 cwd=tree,
                 capture_output=True,
                 text=True,
                 check=True,
+                env=dict(os.environ, QUIETSTAR_HOME=str(home)),
             )
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(tree, runs[tree][-1], flush=True)
