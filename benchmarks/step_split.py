@@ -95,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.step_split", description=__doc__)
     p.add_argument("--model", default="default", help="`default` or a checkpoint directory")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--quantize", default=None, choices=["int8", "int4", "q4_1"],
-                   help="quantisation of the model (default: none)")
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8", "int4", "q4_1"],
+        help="quantisation of the model (default: none)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--tokens", type=int, default=128, help="greedy visible tokens per run")
     p.add_argument("--repeats", type=int, default=3, help="runs (the fastest is reported)")
