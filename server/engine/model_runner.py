@@ -123,30 +123,64 @@ def prepare_decode(
         dense_index = list(range(len(rows)))
         extra = padded_slots - len(seqs)
         prefix_len, thought_len = prefix_len + [1] * extra, thought_len + [0] * extra
-    write_slot, column, ids, positions, cache_index = torch.tensor(rows).unbind(1)
-    is_base = column == 0
-    base_rows, thought_rows = is_base.nonzero()[:, 0], (~is_base).nonzero()[:, 0]
+    # every index tensor from host lists, in one torch.tensor call split into views: a step has
+    # a few rows, and indexing a (rows, 5) tensor op by op cost more than the lists
+    base = [i for i, r in enumerate(rows) if r.column == 0]
+    thought = [i for i, r in enumerate(rows) if r.column != 0]
+    (
+        ids,
+        positions,
+        dense,
+        base_slots,
+        base_pos,
+        thought_slots,
+        thought_index,
+        thought_steps,
+        base_rows,
+        thought_rows,
+        prefix_lens,
+        thought_lens,
+    ) = _int64_tensors(
+        [r.token for r in rows],
+        [r.position for r in rows],
+        dense_index,
+        [rows[i].slot for i in base],
+        [rows[i].cache_index for i in base],
+        [rows[i].slot for i in thought],
+        [rows[i].column - 1 for i in thought],
+        [rows[i].cache_index for i in thought],
+        base,
+        thought,
+        prefix_len,
+        thought_len,
+    )
     batch = DecodeBatch(
         num_slots=len(prefix_len),
         R=R,
         base_cols=base_cols,
         max_prefix=max_prefix,
         max_thought=max_thought,
-        dense_index=torch.tensor(dense_index),
+        dense_index=dense,
         base_rows=base_rows,
-        base_slots=write_slot[base_rows],
-        base_pos=cache_index[base_rows],
+        base_slots=base_slots,
+        base_pos=base_pos,
         thought_rows=thought_rows,
-        thought_slots=write_slot[thought_rows],
-        thought_index=column[thought_rows] - 1,
-        thought_steps=cache_index[thought_rows],
-        prefix_len=torch.tensor(prefix_len),
-        thought_len=torch.tensor(thought_len),
-        all_base=len(base_rows) == len(rows),
+        thought_slots=thought_slots,
+        thought_index=thought_index,
+        thought_steps=thought_steps,
+        prefix_len=prefix_lens,
+        thought_len=thought_lens,
+        all_base=len(base) == len(rows),
         full_prefix=all(p == max_prefix for p in prefix_len),
         kernel_rows=_kernel_rows(rows, dense_index, R, prefix_len, thought_len),
     )
     return DecodeInput(ids, positions, batch, real_rows, spans, lengths)
+
+
+def _int64_tensors(*lists: list[int]) -> tuple[torch.Tensor, ...]:
+    """Each list as an int64 tensor: views of one tensor made in a single call."""
+    flat = [v for values in lists for v in values]
+    return torch.tensor(flat, dtype=torch.int64).split([len(values) for values in lists])
 
 
 def _kernel_rows(
@@ -205,6 +239,7 @@ class ModelRunner:
             KernelDecoderLayers.of(model.backbone) if self.kernel_attention else None
         )
         self.graphs = self.compiled = None
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # see _rope_rows
         if compile_sizes:  # row counts to compile the decode network for
             if self.kernel_layers is not None:
                 log.warning(
@@ -272,10 +307,28 @@ class ModelRunner:
                 x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
         backbone = self.model.backbone
         if self.kernel_layers is not None and self.kernel_layers.serves(x):
-            cos, sin = backbone.rotary(positions[None], x.dtype)
+            cos, sin = self._rope_rows(positions, x.dtype)
             layers = self.kernel_layers(x, cos, sin, *attention.kernel_caches())
             return backbone.norm(layers)
         return backbone(x[None], positions[None], attention)[0]
+
+    def _rope_rows(self, positions: torch.Tensor, dtype: torch.dtype):
+        """The rotary tables (1, N, D) of a step's positions, read from tables of every position
+        a decode row can take (a prefix position plus a thought step), made once per dtype:
+        eight ops a step become two reads. The tables are made by the model's own rotary, in
+        blocks small enough for each op to run its vector loop on one thread, as the step's
+        call would: the values are the same, bit for bit."""
+        if self._rope is None or self._rope[0].dtype != dtype:
+            rotary, block = self.model.backbone.rotary, 256
+            n = self.cache.max_len + self.cache.max_thought_len + 2
+            device = rotary.inv_freq.device
+            parts = [
+                rotary(torch.arange(a, min(a + block, n), device=device)[None], dtype)
+                for a in range(0, n, block)
+            ]
+            self._rope = tuple(torch.cat(tables, dim=1) for tables in zip(*parts, strict=True))
+        cos, sin = self._rope
+        return cos[:, positions], sin[:, positions]
 
     def _padding_step(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, DecodeAttention]:
         """A step of `num_slots` padding rows (they write only the scratch slot): for warming

@@ -68,7 +68,6 @@ class SamplingBatch:
     @classmethod
     def of(cls, seqs: list[Sequence], vocab_size: int, device) -> SamplingBatch:
         ps = [s.params for s in seqs]
-        f32 = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device)  # noqa: E731
         penalised = any(p.presence_penalty or p.frequency_penalty for p in ps)
         all_greedy = all(p.temperature == 0 for p in ps)
         if all_greedy:  # no row reads u: count the draws, skip the hashing
@@ -77,14 +76,39 @@ class SamplingBatch:
             u = torch.zeros(len(seqs), device=device)
         else:
             u = draw_uniforms(seqs, [1] * len(seqs), device)
+        # one tensor per dtype, its rows the fields (a small torch.tensor costs more than a view)
+        temperature, top_p, min_p, presence, frequency = (
+            torch.tensor(
+                [
+                    [p.temperature or 1.0 for p in ps],
+                    [p.top_p for p in ps],
+                    [p.min_p for p in ps],
+                    [p.presence_penalty for p in ps],
+                    [p.frequency_penalty for p in ps],
+                ],
+                dtype=torch.float32,
+                device=device,
+            )
+            .view(5, len(ps))
+            .unbind(0)
+        )
+        top_k, greedy = (
+            torch.tensor(
+                [[p.top_k for p in ps], [p.temperature == 0 for p in ps]],
+                dtype=torch.int64,
+                device=device,
+            )
+            .view(2, len(ps))
+            .unbind(0)
+        )
         return cls(
-            temperature=f32([p.temperature or 1.0 for p in ps]),
-            is_greedy=torch.tensor([p.temperature == 0 for p in ps], device=device),
-            top_k=torch.tensor([p.top_k for p in ps], dtype=torch.int64, device=device),
-            top_p=f32([p.top_p for p in ps]),
-            min_p=f32([p.min_p for p in ps]),
-            presence=f32([p.presence_penalty for p in ps]),
-            frequency=f32([p.frequency_penalty for p in ps]),
+            temperature=temperature,
+            is_greedy=greedy.bool(),
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            presence=presence,
+            frequency=frequency,
             u=u,
             num_top_logprobs=[p.logprobs or 0 for p in ps],
             output_ids=[s.output_ids for s in seqs] if penalised else None,

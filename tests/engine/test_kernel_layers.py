@@ -176,3 +176,20 @@ def test_a_tied_lm_head_keeps_sharing_its_embedding_while_other_weights_tile():
     assert backbone.lm_head.weight.data_ptr() == embedding.data_ptr()
     if kernel_max_rows(torch.bfloat16) > 1 << 40:  # the kernel takes every row: nothing else
         assert backbone.layers[0].mlp.gate_up_proj.weight.dim() == 3  # needs the plain weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rotary_tables_read_per_step_equal_the_models_rotary_bitwise(dtype):
+    """The fused step reads its rows' cos/sin from tables made once (every position a prefix and
+    a thought can reach); each row equals the model's rotary for that position, bit for bit, in
+    steps of any size."""
+    engine = make_engine(load("llama", dtype, None), max_num_seqs=2, dtype=str(dtype)[6:])
+    runner, rotary = engine.runner, engine.runner.model.backbone.rotary
+    last = runner.cache.max_len + runner.cache.max_thought_len + 1
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 3, 8, 40):
+        positions = torch.randint(0, last + 1, (n,), generator=g)
+        positions[0] = last
+        got, want = runner._rope_rows(positions, dtype), rotary(positions[None], dtype)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == dtype and torch.equal(a, b), n
