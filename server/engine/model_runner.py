@@ -299,9 +299,9 @@ class ModelRunner:
         return self._network(ids, positions, attention)
 
     def _network(self, ids: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
-        if self.graphs is None and self.compiled is None:  # eager: a host check skips the meta
-            x = self.model.embed(ids)  # vectors on steps no row feeds one (most steps)
-        else:  # no host synchronisation: captured or traced, the same ops every step
+        if self.device.type == "cpu" and self.compiled is None:  # eager on the host: a check
+            x = self.model.embed(ids)  # skips the meta vectors on steps that feed none (most)
+        else:  # no host synchronisation: on a device, captured or traced, the same ops each step
             x = self.model.backbone.embed_tokens(ids.clamp(min=0))
             for which in (START_THOUGHT, END_THOUGHT):
                 x = torch.where((ids == which)[:, None], self.model.meta_vector(which), x)
