@@ -408,6 +408,19 @@ def test_a_build_failure_is_logged_and_leaves_pytorch_kernels(monkeypatch, caplo
         kernels.cpu_ops.cache_clear()
 
 
+def attention_float64(q, k, v, tk, tv, row):
+    """One row's decode attention in float64: q (KVH, G, D) over its slot's prefix and, for a
+    thought row, its branch, as the `info` row (slot, prefix, column, thought length, ...) says."""
+    slot, plen, col, tlen = row[:4]
+    keys, values = k[slot, :, :plen], v[slot, :, :plen]
+    if col >= 0:
+        keys = torch.cat((keys, tk[slot, col, :, :tlen]), dim=1)
+        values = torch.cat((values, tv[slot, col, :, :tlen]), dim=1)
+    scale = q.shape[-1] ** -0.5
+    p = torch.softmax(q.double() @ keys.double().transpose(-1, -2) * scale, dim=-1)
+    return p @ values.double()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("G", [3, 5])  # query rows per key/value head: a compiled-in count, any
 def test_decode_attention_writes_then_matches_float64_softmax(ops, dtype, G):
@@ -440,13 +453,8 @@ def test_decode_attention_writes_then_matches_float64_softmax(ops, dtype, G):
     for got, want in zip((k, v, tk, tv), (want_k, want_v, want_tk, want_tv), strict=True):
         assert torch.equal(got, want)  # exactly the rows' writes, nothing else
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for i, (slot, plen, col, tlen, *_) in enumerate(info.tolist()):
-        keys, values = k[slot, :, :plen], v[slot, :, :plen]
-        if col >= 0:
-            keys = torch.cat((keys, tk[slot, col, :, :tlen]), dim=1)
-            values = torch.cat((values, tv[slot, col, :, :tlen]), dim=1)
-        p = torch.softmax(q[i].double() @ keys.double().transpose(-1, -2) * D**-0.5, dim=-1)
-        assert (out[i].double() - p @ values.double()).abs().max() < tol
+    for i, row in enumerate(info.tolist()):
+        assert (out[i].double() - attention_float64(q[i], k, v, tk, tv, row)).abs().max() < tol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -493,13 +501,9 @@ def test_decode_attention_cut_into_key_chunks_matches_float64_alone_or_batched(o
     k_new, v_new = (torch.randn(N, kvh, D, generator=g).to(dtype) for _ in range(2))
     out = ops.decode_attention(q, k_new, v_new, k, v, tk, tv, info, D**-0.5)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for i, (slot, plen, col, tlen, *_) in enumerate(info.tolist()):
-        keys, values = k[slot, :, :plen], v[slot, :, :plen]
-        if col >= 0:
-            keys = torch.cat((keys, tk[slot, col, :, :tlen]), dim=1)
-            values = torch.cat((values, tv[slot, col, :, :tlen]), dim=1)
-        p = torch.softmax(q[i].double() @ keys.double().transpose(-1, -2) * D**-0.5, dim=-1)
-        assert (out[i].double() - p @ values.double()).abs().max() < tol, i
+    for i, row in enumerate(info.tolist()):
+        want = attention_float64(q[i], k, v, tk, tv, row)
+        assert (out[i].double() - want).abs().max() < tol, i
         alone = ops.decode_attention(
             q[i : i + 1],
             k_new[i : i + 1],
