@@ -322,7 +322,7 @@ T* thought_row(const at::Tensor& c, int64_t slot, int64_t col, int64_t h, int64_
 // chunks of kKeyChunk, and each chunk of each key/value head is a task of its own, merged with
 // the others by their softmax maxima and denominators. A step of one row over a long context then
 // spreads over every thread: SmolLM2 has 3 key/value heads, so on 2 threads one thread read two
-// heads' keys while the other read one (1000 keys, one row: 2.2-2.4 ms a step against 2.9-3.1
+// heads' keys while the other read one (1000 keys, one row: 2.0-2.1 ms a step against 2.7-2.9
 // uncut, benchmarks/RESULTS.md). Shorter cuts bought nothing at 100-300 keys and cost a little at
 // 8 rows, which have tasks enough. Where a row's keys are cut depends on their number only, so
 // its result never depends on the batch or the threads; a row of at most kKeyChunk keys is one
@@ -423,20 +423,16 @@ void write_and_attend(const at::Tensor& qf, const at::Tensor& k_new, const at::T
                               c.tk.stride(3), c.tv.stride(3), r[kThought]};
         num_whole = 2;
       }
-      const int64_t chunks = first[p + 1] - first[p], chunk = task - first[p];
+      // this task's keys, [begin, end) of the row's; a head cut in chunks leaves its part to
+      // the merge, an uncut one writes its output
+      const int64_t begin_key = (task - first[p]) * kKeyChunk;
+      const int64_t keys = std::min(keys_of(i) - begin_key, kKeyChunk);
       Segment<T> segments[2];
-      int num_segments = num_whole;
-      std::copy(whole, whole + num_whole, segments);
-      float* dest = out + p * G * D;
-      float* st = nullptr;
-      if (chunks > 1) {
-        num_segments = cut_segments(whole, num_whole, chunk * kKeyChunk,
-                                    std::min(keys_of(i), (chunk + 1) * kKeyChunk), segments);
-        dest = parts.data() + task * G * D;
-        st = stats.data() + task * G * 2;
-      }
-      int64_t keys = 0;
-      for (int s = 0; s < num_segments; ++s) keys += segments[s].length;
+      const int num_segments =
+          cut_segments(whole, num_whole, begin_key, begin_key + keys, segments);
+      const bool part = first[p + 1] - first[p] > 1;
+      float* dest = part ? parts.data() + task * G * D : out + p * G * D;
+      float* st = part ? stats.data() + task * G * 2 : nullptr;
       scores.resize(G * std::max<int64_t>(keys, 1));
       if constexpr (std::is_same_v<T, uint16_t> && kBf16Attention) {
         if (qb) {

@@ -191,21 +191,11 @@ def _kernel_rows(
     batch's tensors."""
     table = []
     for row, dense in zip(rows, dense_index, strict=True):
-        slot = dense // R
-        if row.column == 0:  # a base row: reads and appends to its slot's prefix
-            table.append((slot, prefix_len[slot], -1, 0, 0, row.slot, row.cache_index))
-        else:  # thought k = column - 1: reads the prefix and its branch, appends to the branch
-            table.append(
-                (
-                    slot,
-                    prefix_len[slot],
-                    row.column - 1,
-                    thought_len[slot],
-                    1,
-                    row.slot,
-                    row.cache_index,
-                )
-            )
+        slot, thinks = dense // R, row.column > 0  # thought k = column - 1; a base row's is -1
+        length = thought_len[slot] if thinks else 0
+        table.append(
+            (slot, prefix_len[slot], row.column - 1, length, int(thinks), row.slot, row.cache_index)
+        )
     return table
 
 

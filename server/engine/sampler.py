@@ -89,18 +89,14 @@ class SamplingBatch:
                 dtype=torch.float32,
                 device=device,
             )
-            .view(5, len(ps))
-            .unbind(0)
-        )
+        ).unbind(0)
         top_k, greedy = (
             torch.tensor(
                 [[p.top_k for p in ps], [p.temperature == 0 for p in ps]],
                 dtype=torch.int64,
                 device=device,
             )
-            .view(2, len(ps))
-            .unbind(0)
-        )
+        ).unbind(0)
         return cls(
             temperature=temperature,
             is_greedy=greedy.bool(),
