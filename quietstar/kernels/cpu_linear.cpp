@@ -690,7 +690,8 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 
 // SiLU-gated product: y[..., i] = silu(g[..., i]) * u[..., i] for x = [g, u] (..., 2m), with
 // PyTorch's roundings for x's dtype (silu computed in fp32 and rounded, then the product).
-// silu(v) = v / (1 + e^-v), e^-v in vector lanes (cpu_vec.h's exp).
+// silu(v) = v / (1 + e^-v), e^-v in vector lanes (cpu_vec.h's exp; std::exp for the few values
+// past the last whole vector, so which way a value goes depends on m only).
 template <typename T>
 void silu_mul_rows(const T* x, T* y, int64_t rows, int64_t m) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
@@ -701,7 +702,7 @@ void silu_mul_rows(const T* x, T* y, int64_t rows, int64_t m) {
       T* yr = y + r * m;
       int64_t i = 0;
       for (; i + kLanes <= m; i += kLanes) {
-        Reg v = widen(g + i);
+        const Reg v = widen(g + i);
         store(e.data() + i, exp(mul(v, broadcast(-1.0f))));
       }
       for (; i < m; ++i) e[i] = std::exp(-stored(g, i));
