@@ -371,18 +371,46 @@ constexpr int64_t kQ4Bytes = kBlockN * 16 + kBlockN * 2 * 2;
 
 // One activation row's blocks: K int8 codes, and per block of 32 eight floats {e x4, s x4} (e the
 // scale, s the sum of the block's x), the layout the kernel multiplies the chunk's {d x4, m x4} by.
+// A NaN is left out of the maximum, gets the code -127 (the clamp keeps it defined) and makes its
+// block's sum NaN. With AVX2 the block is four registers: codes rounded to nearest even as
+// nearbyint rounds them, the sum taken in a fixed tree ((x0 + x1) + (x2 + x3) by lanes, then
+// the lanes); elsewhere one value at a time.
 void quantize_row_q8(const float* x, int64_t K, int8_t* codes, float* coef) {
   for (int64_t c = 0; c < K / kChunk; ++c) {
     const float* xb = x + c * kChunk;
     float amax = 0.0f, s = 0.0f;
+#if defined(__AVX2__)
+    __m256 v[4];
+    for (int r = 0; r < 4; ++r) v[r] = _mm256_loadu_ps(xb + 8 * r);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 top = _mm256_setzero_ps();
+    for (int r = 0; r < 4; ++r) top = _mm256_max_ps(_mm256_andnot_ps(sign, v[r]), top);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, top);
+    for (const float l : lanes) amax = std::max(amax, l);
+    _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
+    s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    const float e = amax / 127.0f, inv = e > 0.0f ? 1.0f / e : 0.0f;
+    const __m256 scale = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    __m256i q[4];
+    for (int r = 0; r < 4; ++r) {
+      const __m256 clamped = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[r], scale), lo), hi);
+      q[r] = _mm256_cvtps_epi32(
+          _mm256_round_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + c * kChunk),
+                        _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
     for (int i = 0; i < kChunk; ++i) {
       amax = std::max(amax, std::fabs(xb[i]));
       s += xb[i];
     }
     const float e = amax / 127.0f, inv = e > 0.0f ? 1.0f / e : 0.0f;
-    for (int i = 0; i < kChunk; ++i)  // the clamp keeps a NaN's code defined (its sum stays NaN)
+    for (int i = 0; i < kChunk; ++i)
       codes[c * kChunk + i] =
           static_cast<int8_t>(std::nearbyint(std::min(127.0f, std::max(-127.0f, xb[i] * inv))));
+#endif
     for (int i = 0; i < 4; ++i) {
       coef[c * 8 + i] = e;
       coef[c * 8 + 4 + i] = s;
