@@ -183,7 +183,9 @@ def test_rotary_tables_read_per_step_equal_the_models_rotary_bitwise(dtype):
     """The fused step reads its rows' cos/sin from tables made once (every position a prefix and
     a thought can reach); each row equals the model's rotary for that position, bit for bit, in
     steps of any size."""
-    engine = make_engine(load("llama", dtype, None), max_num_seqs=2, dtype=str(dtype)[6:])
+    engine = make_engine(
+        load("llama", dtype, None), max_num_seqs=2, dtype=str(dtype).removeprefix("torch.")
+    )
     runner, rotary = engine.runner, engine.runner.model.backbone.rotary
     last = runner.cache.max_len + runner.cache.max_thought_len + 1
     g = torch.Generator().manual_seed(3)
